@@ -1,0 +1,3 @@
+from systolic_sdk.cli import main
+
+main()

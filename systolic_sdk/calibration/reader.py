@@ -1,0 +1,53 @@
+"""Calibration data readers: the onnxruntime-compatible ``CalibrationDataReader``."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class CalibrationDataReader(abc.ABC):
+    """A source of feed dicts, one sample (or batch) per ``get_next()`` call.
+
+    Same contract as ``onnxruntime.quantization.CalibrationDataReader``: ``get_next``
+    returns ``{input_name: ndarray}`` or ``None`` when exhausted.
+    """
+
+    @abc.abstractmethod
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next feed dict, or None when there are no more samples."""
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        while (feed := self.get_next()) is not None:
+            yield feed
+
+    def __len__(self) -> int:  # pragma: no cover - optional, as in onnxruntime
+        raise NotImplementedError
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds from in-memory arrays: ``{input_name: array[N, ...]}``, sliced along axis 0."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int = 1) -> None:
+        lengths = {len(a) for a in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError("all calibration arrays must have the same number of samples")
+        self._arrays = arrays
+        self._n = lengths.pop()
+        self._batch = max(1, batch_size)
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= self._n:
+            return None
+        sl = slice(self._pos, self._pos + self._batch)
+        self._pos += self._batch
+        return {k: v[sl] for k, v in self._arrays.items()}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return -(-self._n // self._batch)

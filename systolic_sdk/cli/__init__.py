@@ -1,0 +1,53 @@
+"""The ``systolic-quantize`` command line: one click group, one module per command."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from systolic_sdk import __version__
+from systolic_sdk.errors import SdkError
+
+# (module, attribute) of each subcommand, in the order --help lists them.
+COMMANDS: list[tuple[str, str]] = []
+
+
+class UserError(click.ClickException):
+    """An SdkError surfaced on the command line: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: D102 - click API
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SdkError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="systolic-quantize")
+def cli() -> None:
+    """Quantize ONNX models for onnxruntime on a CPU or for the Systolic int8
+    accelerator, emulate the accelerator bit for bit, and prove the result.
+
+    \b
+    Start here:
+      systolic-quantize demo                      quantize and score the shipped model
+      systolic-quantize quantize M.onnx -o Q.onnx --calibration-data data.npz
+      systolic-quantize COMMAND --help            every option of a command
+    """
+
+
+for _module, _attr in COMMANDS:
+    cli.add_command(getattr(importlib.import_module(_module), _attr))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="systolic-quantize")

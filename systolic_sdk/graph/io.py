@@ -1,0 +1,116 @@
+"""Load and save ONNX models safely: clear errors, atomic writes, no escaping paths."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from systolic_sdk.errors import ModelLoadError, SdkError
+
+
+def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
+    """Load a model from a path (or pass a ModelProto through), with one-line errors."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not data:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        raise ModelLoadError(f"{path}: not an ONNX model (protobuf parse failed; truncated?)") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph)")
+    if not model.opset_import:
+        raise ModelLoadError(f"{path}: not an ONNX model (no opset_import)")
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Load external tensors, refusing locations that escape the model's folder."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    base = path.resolve().parent
+    external = [
+        t for t in _all_tensors(model) if uses_external_data(t)
+    ]
+    if not external:
+        return
+    for tensor in external:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if base not in target.parents and target != base:
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' external data location '{location}' "
+                "escapes the model's folder"
+            )
+        if not target.exists():
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' external data file '{location}' is missing"
+            )
+    load_external_data_for_model(model, str(base))
+
+
+def _all_tensors(model: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(model)
+
+
+def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
+    """Validate an output path before any work: not an input, folder exists."""
+    out = Path(output)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists():
+            if os.path.samefile(out, src):
+                raise SdkError(f"{out}: output path is the input model; refusing to overwrite it")
+        elif src is not None and Path(src).resolve() == out.resolve():
+            raise SdkError(f"{out}: output path is the input model; refusing to overwrite it")
+    if out.is_dir():
+        raise SdkError(f"{out}: is a folder, expected an output file path")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise SdkError(f"{out}: output folder {parent} does not exist")
+    return out
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
+    """Write ``model`` atomically: temporary file in the same folder, then rename.
+
+    Models above protobuf's 2 GiB limit are refused (external data is not written).
+    """
+    out = check_output_path(output)
+    data = model.SerializeToString()
+    write_bytes_atomic(out, data)
+    return out
+
+
+def write_bytes_atomic(out: Path, data: bytes) -> None:
+    """Write bytes to ``out`` via a temporary sibling file and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

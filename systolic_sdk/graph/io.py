@@ -31,7 +31,9 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPr
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError):
-        raise ModelLoadError(f"{path}: not an ONNX model (protobuf parse failed; truncated?)") from None
+        raise ModelLoadError(
+            f"{path}: not an ONNX model (protobuf parse failed; truncated?)"
+        ) from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph)")
     if not model.opset_import:

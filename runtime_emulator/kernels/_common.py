@@ -60,8 +60,8 @@ def arg(
     if v.dtype not in PLAIN_TYPES:
         raise unsupported(
             ctx,
-            f"input '{name}' has element type {v.dtype.name}, which the emulator does not "
-            "support (supported: int8, uint8, int16, uint16, int32, float16, float32)",
+            f"input '{name}': element type {v.dtype.name} is not supported by the emulator "
+            "(supported: int8, uint8, int16, uint16, int32, float16, float32)",
         )
     return v
 

@@ -10,7 +10,9 @@ from systolic_sdk import __version__
 from systolic_sdk.errors import SdkError
 
 # (module, attribute) of each subcommand, in the order --help lists them.
-COMMANDS: list[tuple[str, str]] = []
+COMMANDS: list[tuple[str, str]] = [
+    ("systolic_sdk.cli.emulate_cmd", "emulate"),
+]
 
 
 class UserError(click.ClickException):

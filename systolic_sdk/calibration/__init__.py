@@ -1,5 +1,37 @@
-"""Calibration: data sources, statistics and activation ranges."""
+"""Calibration: data sources, preprocessing, streaming statistics, ranges and tables.
 
+Public API::
+
+    calibrate(model, reader, tensor_names=None, method="minmax", **options)
+        -> {tensor: (rmin, rmax)}
+    open_source(path, model, dataset_size=None, preprocess=None, batch_size=1)
+        -> CalibrationDataReader
+    collect(model, reader, ...) -> {tensor: TensorStats}   (mergeable statistics)
+    compute_ranges(stats, method, **options) -> {tensor: (rmin, rmax)}
+"""
+
+from systolic_sdk.calibration.collect import calibratable_tensors, calibrate, collect
+from systolic_sdk.calibration.methods import METHODS, CalibrationError, compute_ranges
+from systolic_sdk.calibration.preprocess import PREPROCESSORS, register_preprocessor
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
+from systolic_sdk.calibration.sources import DataSourceError, open_source
+from systolic_sdk.calibration.stats import HistogramStats, MinMaxStats, TensorStats, merge_all
 
-__all__ = ["ArrayReader", "CalibrationDataReader"]
+__all__ = [
+    "METHODS",
+    "PREPROCESSORS",
+    "ArrayReader",
+    "CalibrationDataReader",
+    "CalibrationError",
+    "DataSourceError",
+    "HistogramStats",
+    "MinMaxStats",
+    "TensorStats",
+    "calibratable_tensors",
+    "calibrate",
+    "collect",
+    "compute_ranges",
+    "merge_all",
+    "open_source",
+    "register_preprocessor",
+]

@@ -1,0 +1,414 @@
+"""Run the fp32 model on calibration samples and collect per-tensor statistics.
+
+The model is augmented with the requested tensors as extra graph outputs and run in
+onnxruntime. Samples are streamed: each batch's activations are reduced into the
+fixed-size statistics of :mod:`systolic_sdk.calibration.stats` and dropped, so memory
+does not grow with the number of samples. When every model input has a dynamic first
+dimension, samples are grouped into batches (by default sized so one batch's
+activations take about ``BATCH_BUDGET_BYTES``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from systolic_sdk.calibration.methods import CalibrationError, compute_ranges, get_method
+from systolic_sdk.calibration.reader import CalibrationDataReader
+from systolic_sdk.calibration.stats import (
+    DEFAULT_NUM_BINS,
+    HistogramStats,
+    MinMaxStats,
+    TensorStats,
+    per_sample_view,
+)
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+BATCH_BUDGET_BYTES = 32 << 20
+MAX_AUTO_BATCH = 64
+
+COLLECT_OPTIONS = ("batch_size", "progress", "skip_nonfinite", "num_bins", "providers")
+
+
+def required_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (the ones a sample must provide)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor after shape inference (0 when unknown)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is best effort (custom ops)
+        inferred = model
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        types[t.name] = t.data_type
+    return types
+
+
+def calibratable_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float tensor that is a node input or output, initializers excluded.
+
+    Tensors whose type shape inference cannot tell are included; non-float results are
+    dropped when they are first seen at run time.
+    """
+    types = tensor_types(model)
+    inits = {t.name for t in model.graph.initializer}
+    names: list[str] = []
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for name in list(node.input) + list(node.output):
+            if not name or name in seen or name in inits:
+                continue
+            seen.add(name)
+            if types.get(name, 0) in FLOAT_TYPES or types.get(name, 0) == 0:
+                names.append(name)
+    return names
+
+
+def _check_names(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    known = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        known.update(n for n in node.input if n)
+        known.update(n for n in node.output if n)
+    inits = {t.name for t in model.graph.initializer}
+    for name in names:
+        if name in inits:
+            raise CalibrationError(
+                f"tensor '{name}' is an initializer (a constant); only activations are calibrated"
+            )
+        if name not in known:
+            raise CalibrationError(f"tensor '{name}' is not in the model")
+
+
+def augment_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs include ``names`` (graph inputs excluded)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    for name in names:
+        if name not in present:
+            out.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return out
+
+
+def _batchable(model: onnx.ModelProto) -> bool:
+    """True when every required input has a dynamic first dimension."""
+    inputs = required_inputs(model)
+    if not inputs:
+        return False
+    for vi in inputs:
+        shape = vi.type.tensor_type.shape if vi.type.HasField("tensor_type") else None
+        if shape is None or not shape.dim:
+            return False
+        if shape.dim[0].HasField("dim_value"):
+            return False
+    return True
+
+
+def _num_samples(feed: dict[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if np.ndim(first) >= 1 else 1
+
+
+class _Batcher:
+    """Regroups a reader's feeds into batches of about ``target`` samples.
+
+    ``target`` may change between batches (the collector sizes batches after the first).
+    Each item is ``(feed, number of reader feeds used)``.
+    """
+
+    def __init__(self, reader: CalibrationDataReader, target: int, batchable: bool) -> None:
+        self.reader = reader
+        self.target = target
+        self.batchable = batchable
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        pending: list[dict[str, np.ndarray]] = []
+        rows = 0
+        while True:
+            feed = self.reader.get_next()
+            if feed is not None:
+                pending.append(dict(feed))
+                rows += _num_samples(feed)
+            full = not self.batchable or rows >= self.target
+            if pending and (feed is None or full):
+                if len(pending) == 1:
+                    batch = pending[0]
+                else:
+                    batch = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+                used = len(pending)
+                pending, rows = [], 0
+                yield batch, used
+            if feed is None:
+                return
+
+
+class _Progress:
+    """click progress bar on stderr, only when asked or when stderr is a terminal."""
+
+    def __init__(self, reader: CalibrationDataReader, enabled: bool | None) -> None:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._bar = None
+        if enabled:
+            import click
+
+            try:
+                length = len(reader)
+            except (TypeError, NotImplementedError):
+                length = None
+            self._bar = click.progressbar(
+                length=length, label="calibrating", file=sys.stderr, show_eta=True
+            )
+            self._bar.__enter__()
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), so, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CalibrationError(
+            f"onnxruntime cannot load the model for calibration: {first}"
+        ) from None
+
+
+def _bad_rows(values: np.ndarray, batch: int) -> np.ndarray | None:
+    """Indices of samples (rows) with NaN/Inf; None if the tensor has none."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return None
+    rows = per_sample_view(values, batch)
+    ok = np.isfinite(rows).all(axis=1)
+    if ok.all():
+        return None
+    return np.flatnonzero(~ok) if rows.shape[0] == batch else np.arange(batch)
+
+
+def collect(
+    model: onnx.ModelProto,
+    reader: CalibrationDataReader,
+    tensor_names: Sequence[str] | None = None,
+    *,
+    histogram: bool = False,
+    num_bins: int = DEFAULT_NUM_BINS,
+    averaging_constant: float | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    skip_nonfinite: bool = False,
+    providers: Sequence[str] | None = None,
+) -> dict[str, TensorStats]:
+    """Stream ``reader``'s samples through ``model`` and return statistics per tensor.
+
+    ``batch_size`` None picks a batch from the first sample's activation size when the
+    model's batch dimension is dynamic. Samples with NaN/Inf in an input or activation
+    raise :class:`CalibrationError` naming the sample and tensor, or are skipped with a
+    warning under ``skip_nonfinite``.
+    """
+    if batch_size is not None and int(batch_size) < 1:
+        raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
+    names = list(calibratable_tensors(model) if tensor_names is None else tensor_names)
+    if tensor_names is not None:
+        _check_names(model, names)
+    sess = _session(augment_model(model, names), providers)
+    out_names = [o.name for o in sess.get_outputs()]
+    order = {name: i for i, name in enumerate(calibratable_tensors(model))}
+
+    def new_stats() -> TensorStats:
+        hist = HistogramStats(num_bins) if histogram else None
+        return TensorStats(MinMaxStats(averaging_constant), hist)
+
+    stats: dict[str, TensorStats] = {}
+    dropped: set[str] = set()
+    sample_base = 0
+    skipped = 0
+    bar = _Progress(reader, progress)
+    batchable = _batchable(model)
+    batcher = _Batcher(reader, batch_size or 1, batchable)
+    try:
+        for feed, used in batcher:
+            n = _num_samples(feed)
+            run = _run_checked(sess, out_names, feed, n, sample_base, skip_nonfinite, order)
+            if run is None:  # every sample of the batch skipped
+                skipped += n
+            else:
+                tensors, kept = run
+                skipped += n - _num_samples(kept)
+                for name in names:
+                    values = kept.get(name) if name in kept else tensors.get(name)
+                    if values is None or name in dropped:
+                        continue
+                    if values.dtype.kind != "f":
+                        dropped.add(name)
+                        continue
+                    st = stats.get(name)
+                    if st is None:
+                        st = stats[name] = new_stats()
+                    _update(st, values, _num_samples(kept))
+                if batch_size is None and batchable and sample_base == 0:
+                    per_sample = sum(t.nbytes for t in tensors.values()) / _num_samples(kept)
+                    batcher.target = int(
+                        min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(per_sample, 1)))
+                    )
+            sample_base += n
+            bar.update(used)
+    finally:
+        bar.close()
+    if skipped:
+        warnings.warn(f"calibration skipped {skipped} sample(s) with NaN/Inf", stacklevel=2)
+    if not stats and sample_base == 0:
+        raise CalibrationError("the calibration data reader returned no samples")
+    if not stats:
+        raise CalibrationError("no calibration sample was usable (all had NaN/Inf)")
+    missing = [n for n in names if n not in stats and n not in dropped]
+    if tensor_names is not None and missing:
+        raise CalibrationError(f"tensor '{missing[0]}' produced no values during calibration")
+    return {n: stats[n] for n in names if n in stats}
+
+
+def _update(st: TensorStats, values: np.ndarray, batch: int) -> None:
+    rows = per_sample_view(values, batch)
+    if rows.shape[1] == 0:
+        return
+    mins = rows.min(axis=1)
+    maxs = rows.max(axis=1)
+    if rows.shape[0] != batch:
+        mins = np.repeat(mins, batch)
+        maxs = np.repeat(maxs, batch)
+    st.minmax.update_per_sample(mins, maxs)
+    if st.histogram is not None:
+        st.histogram.update(values)
+
+
+def _run_checked(
+    sess,
+    out_names: list[str],
+    feed: dict[str, np.ndarray],
+    n: int,
+    base: int,
+    skip: bool,
+    order: dict[str, int],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Run one batch of ``n`` samples; refuse (or drop) samples with NaN/Inf.
+
+    Returns ``(tensors, feed actually used)``, or None when every sample was dropped.
+    """
+    tensors = _run(sess, out_names, feed, base)
+    bad: set[int] = set()
+    first_bad: tuple[int, str] | None = None
+    # Graph order (out_names lists the graph outputs first, then the added tensors):
+    # the first tensor to go bad is the one to report.
+    in_order = sorted(tensors.items(), key=lambda kv: order.get(kv[0], len(order)))
+    for name, values in list(feed.items()) + in_order:
+        rows = _bad_rows(np.asarray(values), n)
+        if rows is None:
+            continue
+        bad.update(int(r) for r in rows)
+        if first_bad is None or rows[0] < first_bad[0]:
+            first_bad = (int(rows[0]), name)
+    if not bad:
+        return tensors, feed
+    if n > 1 and len(bad) == n:
+        # Possibly a tensor that does not follow the batch axis: find the samples one
+        # by one.
+        kept_parts = []
+        for i in range(n):
+            one = {k: v[i : i + 1] for k, v in feed.items()}
+            if _run_checked(sess, out_names, one, 1, base + i, skip, order) is not None:
+                kept_parts.append(i)
+        if not kept_parts:
+            return None
+        sub = {k: v[kept_parts] for k, v in feed.items()}
+        return _run(sess, out_names, sub, base), sub
+    if not skip:
+        idx, name = first_bad
+        raise CalibrationError(
+            f"sample {base + idx}: tensor '{name}' has NaN or Inf values "
+            "(use skip_nonfinite=True / --skip-nonfinite to skip such samples)"
+        )
+    for i in sorted(bad):
+        warnings.warn(f"skipping calibration sample {base + i}: NaN or Inf values", stacklevel=4)
+    keep = [i for i in range(n) if i not in bad]
+    sub = {k: v[keep] for k, v in feed.items()}
+    return _run_checked(sess, out_names, sub, len(keep), base, skip, order)
+
+
+def _run(sess, out_names: list[str], feed: dict[str, np.ndarray], base: int) -> dict:
+    try:
+        values = sess.run(out_names, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CalibrationError(f"sample {base}: onnxruntime failed: {first}") from None
+    return dict(zip(out_names, values, strict=True))
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    reader: CalibrationDataReader,
+    tensor_names: Sequence[str] | None = None,
+    method: str = "minmax",
+    **options: object,
+) -> dict[str, tuple[float, float]]:
+    """Calibrate: ``{tensor: (rmin, rmax)}`` as Python floats.
+
+    ``tensor_names`` None calibrates every float activation (node inputs and outputs,
+    initializers excluded). ``method`` is one of :data:`~.methods.METHODS`. Options are
+    the method's (``moving_average``, ``averaging_constant``, ``percentile``,
+    ``num_quantized_bins``, ``num_bits``) and the collector's (``batch_size``,
+    ``progress``, ``skip_nonfinite``, ``num_bins``, ``providers``).
+    """
+    m = get_method(method)
+    collect_opts = {k: options.pop(k) for k in COLLECT_OPTIONS if k in options}
+    unknown = set(options) - set(m.options)
+    if unknown:
+        raise CalibrationError(
+            f"calibration method '{m.name}' has no option {', '.join(sorted(unknown))}"
+        )
+    averaging = None
+    if m.name == "minmax" and options.get("moving_average"):
+        averaging = float(options.get("averaging_constant", 0.01))
+        if not 0.0 < averaging <= 1.0:
+            raise CalibrationError(f"averaging_constant must be in (0, 1], got {averaging}")
+    stats = collect(
+        model,
+        reader,
+        tensor_names,
+        histogram=m.needs_histogram,
+        averaging_constant=averaging,
+        **collect_opts,
+    )
+    return compute_ranges(stats, m.name, **options)

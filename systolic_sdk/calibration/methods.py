@@ -1,0 +1,196 @@
+"""Calibrators: each turns the collected statistics of a tensor into a range (rmin, rmax).
+
+========== ================================================================ ===========
+method     range                                                            statistics
+========== ================================================================ ===========
+naive      global min and max over all samples                              min/max
+minmax     global min and max; with ``moving_average=True`` the exponential min/max
+           moving average of per-sample extremes (``averaging_constant``)
+minmax_avg average over samples of the per-sample min and max               min/max
+percentile ``|x|`` at the ``percentile`` (default 99.999), clipped to data  histogram
+entropy    KL-divergence threshold on ``|x|`` (TensorRT's method)          histogram
+mse        threshold on ``|x|`` minimizing the expected quantization MSE    histogram
+========== ================================================================ ===========
+
+The threshold methods search a threshold ``t`` on the distribution of ``|x|`` and return
+``(max(min, -t), min(max, t))``: the data range clipped to ``[-t, t]``. Ranges are not
+widened to include 0 here; the quantizer does that when it chooses a zero point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from systolic_sdk.calibration.stats import HistogramStats, TensorStats
+from systolic_sdk.errors import SdkError
+
+
+class CalibrationError(SdkError):
+    """Calibration cannot proceed with the given data, model or options."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A calibrator: whether it needs a histogram, its options and its range function."""
+
+    name: str
+    needs_histogram: bool
+    options: dict[str, object]  # option name -> default
+    compute: Callable[..., tuple[float, float]]
+
+
+def _naive(st: TensorStats) -> tuple[float, float]:
+    return st.minmax.min, st.minmax.max
+
+
+def _minmax(
+    st: TensorStats, moving_average: bool = False, averaging_constant: float = 0.01
+) -> tuple[float, float]:
+    if moving_average:
+        return st.minmax.moving_min, st.minmax.moving_max
+    return st.minmax.min, st.minmax.max
+
+
+def _minmax_avg(st: TensorStats) -> tuple[float, float]:
+    return st.minmax.mean_min, st.minmax.mean_max
+
+
+def abs_histogram(h: HistogramStats) -> np.ndarray:
+    """Counts of ``|x|`` on bins ``[k*w, (k+1)*w)`` (negative bins folded onto positive).
+
+    A negative bin ``[-(k+1)*w, -k*w)`` holds ``|x|`` in ``(k*w, (k+1)*w]`` and is added to
+    bin ``k``; only values exactly on a negative edge land one bin low.
+    """
+    idx = np.arange(h.offset, h.offset + h.counts.size, dtype=np.int64)
+    folded = np.where(idx >= 0, idx, -idx - 1)
+    out = np.zeros(int(folded.max()) + 1, dtype=np.int64)
+    np.add.at(out, folded, h.counts)
+    return out
+
+
+def _clip(st: TensorStats, t: float) -> tuple[float, float]:
+    lo, hi = st.minmax.min, st.minmax.max
+    return max(lo, -t), min(hi, t)
+
+
+def _percentile(st: TensorStats, percentile: float = 99.999) -> tuple[float, float]:
+    if not 0.0 < percentile <= 100.0:
+        raise CalibrationError(f"percentile must be in (0, 100], got {percentile}")
+    h = st.histogram
+    counts = abs_histogram(h)
+    cdf = np.cumsum(counts)
+    k = int(np.searchsorted(cdf, cdf[-1] * (percentile / 100.0), side="left"))
+    return _clip(st, (k + 1) * h.width)
+
+
+def _smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    zeros = p == 0
+    n_zero = int(zeros.sum())
+    n_nonzero = p.size - n_zero
+    if n_zero == 0 or n_nonzero == 0:
+        return p
+    eps1 = eps * n_zero / n_nonzero
+    return np.where(zeros, eps, p - eps1)
+
+
+def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, float]:
+    h = st.histogram
+    counts = abs_histogram(h).astype(np.float64)
+    width = h.width
+    # Search on at most 2048 bins: coarsen by whole pairs of bins (exact).
+    while counts.size > 2048:
+        counts = np.add.reduceat(counts, np.arange(0, counts.size, 2))
+        width *= 2.0
+    n = counts.size
+    if n <= num_quantized_bins:
+        return _clip(st, n * width)
+    stride = max(1, (n - num_quantized_bins) // 512)
+    best_kl, best_i = math.inf, n
+    suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    for i in range(num_quantized_bins, n + 1, stride):
+        sliced = counts[:i]
+        p = sliced.copy()
+        p[-1] += suffix[i]
+        group = np.minimum(np.arange(i) // (i // num_quantized_bins), num_quantized_bins - 1)
+        nonzero = sliced != 0
+        q_sum = np.bincount(group, weights=sliced, minlength=num_quantized_bins)
+        q_cnt = np.bincount(group, weights=nonzero, minlength=num_quantized_bins)
+        q = np.where(nonzero, q_sum[group] / np.maximum(q_cnt[group], 1.0), 0.0)
+        p_sum, q_total = p.sum(), q.sum()
+        if p_sum == 0 or q_total == 0:
+            continue
+        p = _smooth(p / p_sum)
+        q = _smooth(q / q_total)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return _clip(st, best_i * width)
+
+
+def _mse(st: TensorStats, num_bits: int = 8) -> tuple[float, float]:
+    h = st.histogram
+    counts = abs_histogram(h).astype(np.float64)
+    w = h.width
+    centers = (np.arange(counts.size) + 0.5) * w
+    # Tail sums over bins >= k, for thresholds t = k * w, k = 1..n.
+    s0 = np.cumsum(counts[::-1])[::-1]
+    s1 = np.cumsum((counts * centers)[::-1])[::-1]
+    s2 = np.cumsum((counts * centers * centers)[::-1])[::-1]
+    k = np.arange(1, counts.size + 1)
+    t = k * w
+    tail = lambda s: np.append(s, 0.0)[k]  # noqa: E731 - sums over bins >= k
+    clip_err = tail(s2) - 2.0 * t * tail(s1) + t * t * tail(s0)
+    lo = np.maximum(st.minmax.min, -t)
+    hi = np.minimum(st.minmax.max, t)
+    step = (hi - lo) / float(2**num_bits - 1)
+    round_err = (s0[0] - tail(s0)) * step * step / 12.0
+    best = int(np.argmin(clip_err + round_err))
+    return _clip(st, float(t[best]))
+
+
+METHODS: dict[str, Method] = {
+    "naive": Method("naive", False, {}, _naive),
+    "minmax": Method(
+        "minmax", False, {"moving_average": False, "averaging_constant": 0.01}, _minmax
+    ),
+    "minmax_avg": Method("minmax_avg", False, {}, _minmax_avg),
+    "percentile": Method("percentile", True, {"percentile": 99.999}, _percentile),
+    "entropy": Method("entropy", True, {"num_quantized_bins": 128}, _entropy),
+    "mse": Method("mse", True, {"num_bits": 8}, _mse),
+}
+
+
+def get_method(name: str) -> Method:
+    """The calibrator called ``name`` (case-insensitive), or a one-line error."""
+    key = str(name).lower()
+    if key not in METHODS:
+        raise CalibrationError(
+            f"unknown calibration method '{name}' (choose from {', '.join(METHODS)})"
+        )
+    return METHODS[key]
+
+
+def compute_ranges(
+    stats: dict[str, TensorStats], method: str = "minmax", **options: object
+) -> dict[str, tuple[float, float]]:
+    """Ranges ``{tensor: (rmin, rmax)}`` (Python floats) from collected statistics."""
+    m = get_method(method)
+    unknown = set(options) - set(m.options)
+    if unknown:
+        raise CalibrationError(
+            f"calibration method '{m.name}' has no option {', '.join(sorted(unknown))}"
+        )
+    out: dict[str, tuple[float, float]] = {}
+    for name, st in stats.items():
+        if st.minmax.count == 0:
+            continue
+        if m.needs_histogram and st.histogram is None:
+            raise CalibrationError(f"tensor '{name}': method '{m.name}' needs a histogram")
+        lo, hi = m.compute(st, **options)
+        out[name] = (float(lo), float(hi))
+    return out

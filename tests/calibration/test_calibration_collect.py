@@ -1,0 +1,181 @@
+"""calibrate(): ranges against statistics computed by hand on the model's activations."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from systolic_sdk.calibration import (
+    ArrayReader,
+    CalibrationDataReader,
+    CalibrationError,
+    calibratable_tensors,
+    calibrate,
+    collect,
+    compute_ranges,
+    merge_all,
+)
+from systolic_sdk.calibration.collect import augment_model
+from systolic_sdk.errors import SdkError
+
+
+def activations(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every activation of every sample, run one sample at a time (the reference)."""
+    names = calibratable_tensors(model)
+    sess = ort.InferenceSession(
+        augment_model(model, names).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    outs = [o.name for o in sess.get_outputs()]
+    per: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(len(x)):
+        res = dict(zip(outs, sess.run(outs, {"x": x[i : i + 1]}), strict=True))
+        res["x"] = x[i : i + 1]
+        for n in names:
+            per[n].append(res[n])
+    return {n: np.concatenate(v) for n, v in per.items()}
+
+
+def test_tensors_are_every_node_input_and_output(model):
+    assert calibratable_tensors(model) == ["x", "conv", "relu", "pool", "flat", "y"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_naive_minmax_and_minmax_avg_match_hand_statistics(model, samples, batch_size):
+    acts = activations(model, samples)
+    for method in ("naive", "minmax"):
+        got = calibrate(model, ArrayReader({"x": samples}), method=method, batch_size=batch_size)
+        assert list(got) == list(acts)
+        for name, a in acts.items():
+            assert got[name] == (float(a.min()), float(a.max()))
+            assert type(got[name][0]) is float
+    got = calibrate(model, ArrayReader({"x": samples}), method="minmax_avg", batch_size=batch_size)
+    for name, a in acts.items():
+        rows = a.reshape(len(samples), -1).astype(np.float64)
+        assert got[name][0] == pytest.approx(rows.min(1).mean(), rel=1e-12)
+        assert got[name][1] == pytest.approx(rows.max(1).mean(), rel=1e-12)
+
+
+def test_moving_average_matches_sequential_formula(model, samples):
+    acts = activations(model, samples)
+    got = calibrate(
+        model,
+        ArrayReader({"x": samples}, batch_size=4),
+        method="minmax",
+        moving_average=True,
+        averaging_constant=0.1,
+    )
+    for name, a in acts.items():
+        rows = a.reshape(len(samples), -1)
+        lo, hi = float(rows[0].min()), float(rows[0].max())
+        for r in rows[1:]:
+            lo += 0.1 * (float(r.min()) - lo)
+            hi += 0.1 * (float(r.max()) - hi)
+        assert got[name] == pytest.approx((lo, hi), rel=1e-9, abs=1e-12)
+
+
+def test_histogram_methods_stay_within_data_range(model, samples):
+    acts = activations(model, samples)
+    for method in ("percentile", "entropy", "mse"):
+        got = calibrate(model, ArrayReader({"x": samples}), method=method)
+        for name, a in acts.items():
+            lo, hi = got[name]
+            assert a.min() <= lo <= hi <= a.max()
+
+
+def test_batched_collection_equals_sample_by_sample(model, samples):
+    one = collect(model, ArrayReader({"x": samples}), histogram=True, batch_size=1)
+    many = collect(model, ArrayReader({"x": samples}), histogram=True, batch_size=7)
+    for name in one:
+        a, b = one[name], many[name]
+        assert (a.minmax.min, a.minmax.max, a.minmax.count) == (
+            b.minmax.min,
+            b.minmax.max,
+            b.minmax.count,
+        )
+        assert a.minmax.sum_min == b.minmax.sum_min and a.minmax.sum_max == b.minmax.sum_max
+        assert a.histogram.exponent == b.histogram.exponent
+        assert np.array_equal(a.histogram.counts, b.histogram.counts)
+
+
+def test_merge_of_two_runs_equals_one_run(model, samples):
+    whole = collect(model, ArrayReader({"x": samples}), histogram=True)
+    parts = [
+        collect(model, ArrayReader({"x": samples[:7]}), histogram=True),
+        collect(model, ArrayReader({"x": samples[7:]}), histogram=True),
+    ]
+    merged = merge_all(parts)
+    for method in ("naive", "minmax_avg", "percentile", "entropy", "mse"):
+        assert compute_ranges(merged, method) == compute_ranges(whole, method)
+
+
+def test_requested_tensors_only(model, samples):
+    got = calibrate(model, ArrayReader({"x": samples}), ["relu", "y"])
+    assert list(got) == ["relu", "y"]
+
+
+def test_unknown_tensor_and_initializer_are_refused(model, samples):
+    with pytest.raises(CalibrationError, match="tensor 'nope' is not in the model"):
+        calibrate(model, ArrayReader({"x": samples}), ["nope"])
+    with pytest.raises(CalibrationError, match="tensor 'w' is an initializer"):
+        calibrate(model, ArrayReader({"x": samples}), ["w"])
+
+
+def test_unknown_method_and_option(model, samples):
+    with pytest.raises(SdkError, match="unknown calibration method 'kl'"):
+        calibrate(model, ArrayReader({"x": samples}), method="kl")
+    with pytest.raises(SdkError, match="has no option percentile"):
+        calibrate(model, ArrayReader({"x": samples}), method="minmax", percentile=99.0)
+
+
+class _Listy(CalibrationDataReader):
+    def __init__(self, feeds):
+        self.feeds = list(feeds)
+
+    def get_next(self):
+        return self.feeds.pop(0) if self.feeds else None
+
+
+def test_user_reader_and_empty_reader(model, samples):
+    got = calibrate(model, _Listy({"x": samples[i : i + 1]} for i in range(3)))
+    assert got["x"] == (float(samples[:3].min()), float(samples[:3].max()))
+    with pytest.raises(CalibrationError, match="returned no samples"):
+        calibrate(model, _Listy([]))
+
+
+def test_nan_is_refused_naming_sample_and_tensor(model, samples):
+    bad = samples.copy()
+    bad[5, 0, 2, 2] = np.nan
+    with pytest.raises(CalibrationError, match=r"sample 5: tensor 'x' has NaN or Inf"):
+        calibrate(model, ArrayReader({"x": bad}), batch_size=4)
+
+
+def test_inf_activation_is_named(samples):
+    model = _overflow_model()
+    x = np.ones((4, 2), dtype=np.float32)
+    x[2, 1] = 1e30
+    with pytest.raises(CalibrationError, match=r"sample 2: tensor 'sq' has NaN or Inf"):
+        calibrate(model, ArrayReader({"x": x}), batch_size=4)
+
+
+def test_nan_samples_skipped_with_warning(model, samples):
+    bad = samples.copy()
+    bad[[3, 11]] = np.inf
+    with pytest.warns(UserWarning, match="skipp"):
+        got = calibrate(model, ArrayReader({"x": bad}), batch_size=5, skip_nonfinite=True)
+    good = np.delete(samples, [3, 11], axis=0)
+    assert got == calibrate(model, ArrayReader({"x": good}))
+
+
+def _overflow_model() -> onnx.ModelProto:
+    import onnx.helper as oh
+    from onnx import TensorProto
+
+    graph = oh.make_graph(
+        [oh.make_node("Mul", ["x", "x"], ["sq"]), oh.make_node("Relu", ["sq"], ["y"])],
+        "sq",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])

@@ -211,6 +211,8 @@ def _emulate(
     executor = Executor(model, target=target, config=config)
     input_names = [vi.name for vi in executor.inputs]
     sets = load_input_sets(inputs_path, input_names, executor.output_names)
+    for inset in sets:  # every feed error before any work
+        inset.feeds = executor.validate_feeds(inset.feeds)
     click.echo(
         f"{model_path.name}: {len(executor.nodes)} nodes, target {executor.target}, "
         f"DIM {dim}, {len(sets)} input set(s)"

@@ -1,0 +1,197 @@
+"""``systolic-quantize emulate`` end to end through click's CliRunner, on the shipped
+model quantized by onnxruntime (QOperator, int8, symmetric) and its real test data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from systolic_sdk.cli.emulate_cmd import emulate
+
+pytest.importorskip("runtime_emulator.kernels.all", reason="emulator kernels not present yet")
+
+
+@pytest.fixture(scope="module")
+def qmodel(tmp_path_factory: pytest.TempPathFactory, digits_model_path, digits_calib) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": digits_calib[i : i + 100]} for i in (0, 100)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out = tmp_path_factory.mktemp("cli") / "digits_int8.onnx"
+    quantize_static(
+        str(digits_model_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True},
+    )
+    return out
+
+
+def _ort(model: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def _write_set(folder: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x, "input").SerializeToString())
+    if y is not None:
+        (folder / "output_0.pb").write_bytes(
+            numpy_helper.from_array(y, "logits").SerializeToString()
+        )
+    return folder
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(emulate, [str(a) for a in args])
+
+
+def test_test_data_folder_bit_exact_outputs_and_trace(qmodel, digits_test, tmp_path) -> None:
+    x = digits_test[0][:16]
+    folder = _write_set(tmp_path / "test_data_set_0", x, _ort(qmodel, x))
+    out, trace = tmp_path / "out", tmp_path / "trace"
+    res = _invoke(qmodel, "--inputs", folder, "-o", out, "--trace", trace)
+    assert res.exit_code == 0, res.output
+    assert "outputs match the expected output_K.pb bit for bit" in res.output
+    # The table: one row per QLinearConv of the model, then the totals.
+    q = onnx.load(str(qmodel))
+    convs = [n.name for n in q.graph.node if n.op_type == "QLinearConv"]
+    rows = [line for line in res.output.splitlines() if "QLinearConv" in line]
+    assert [r.split()[0] for r in rows] == convs
+    assert "16x1x28x28" in rows[0]
+    assert any(line.startswith("total") for line in res.output.splitlines())
+    # Outputs: output_0.pb and outputs.npz, equal to onnxruntime's.
+    y = numpy_helper.to_array(onnx.load_tensor(str(out / "output_0.pb")))
+    np.testing.assert_array_equal(y, _ort(qmodel, x))
+    with np.load(out / "outputs.npz") as z:
+        np.testing.assert_array_equal(z["logits"], y)
+    # Trace: every tensor of the graph but the initializers, and the node list.
+    index = json.loads((trace / "nodes.json").read_text())
+    inits = {t.name for t in q.graph.initializer}
+    produced = {o for n in q.graph.node for o in n.output} | {"input"}
+    with np.load(trace / "tensors.npz") as z:
+        assert set(z.files) == produced - inits
+        np.testing.assert_array_equal(z["logits"], y)
+        np.testing.assert_array_equal(z["input"], x)
+    assert [n["name"] for n in index["nodes"]] == [n.name for n in q.graph.node]
+    assert {n["backend"] for n in index["nodes"]} >= {"kernel", "onnxruntime"}
+
+
+def test_model_folder_with_several_sets(qmodel, digits_test, tmp_path) -> None:
+    x = digits_test[0]
+    _write_set(tmp_path / "m" / "test_data_set_0", x[:4], _ort(qmodel, x[:4]))
+    _write_set(tmp_path / "m" / "test_data_set_1", x[4:6], None)
+    res = _invoke(qmodel, "--inputs", tmp_path / "m", "-o", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "2 input set(s)" in res.output
+    for k, n in ((0, 4), (1, 2)):
+        y = numpy_helper.to_array(
+            onnx.load_tensor(str(tmp_path / f"o/test_data_set_{k}/output_0.pb"))
+        )
+        np.testing.assert_array_equal(y, _ort(qmodel, x[k * 4 : k * 4 + n]))
+
+
+def test_npy_and_npz_inputs_and_dim(qmodel, digits_test, tmp_path) -> None:
+    x = digits_test[0][:3]
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", input=x)
+    for src in ("x.npy", "x.npz"):
+        res = _invoke(qmodel, "--inputs", tmp_path / src, "-o", tmp_path / src.replace(".", "_"))
+        assert res.exit_code == 0, res.output
+        with np.load(tmp_path / src.replace(".", "_") / "outputs.npz") as z:
+            np.testing.assert_array_equal(z["logits"], _ort(qmodel, x))
+    # A bigger array means fewer, larger tiles.
+    r16 = _invoke(qmodel, "--inputs", tmp_path / "x.npy")
+    r32 = _invoke(qmodel, "--inputs", tmp_path / "x.npy", "--dim", "32")
+    tiles = [
+        [ln.split()[3] for ln in r.output.splitlines() if ln.startswith("total")]
+        for r in (r16, r32)
+    ]
+    assert int(tiles[0][0]) > int(tiles[1][0])
+    assert "DIM 32" in r32.output
+
+
+def test_shipped_test_data_set_reports_mismatch(qmodel, digits_dir, tmp_path) -> None:
+    # test_data_set_0 holds fp32 logits: the int8 model's outputs cannot match them bit for bit.
+    src = digits_dir / "test_data_set_0"
+    res = _invoke(qmodel, "--inputs", src)
+    assert res.exit_code == 0, res.output
+    assert "MISMATCH vs expected: output 'logits'" in res.output
+    strict = _invoke(qmodel, "--inputs", src, "--strict")
+    assert strict.exit_code == 1
+    shutil.copytree(src, tmp_path / "copy")  # the source folder is never written to
+    assert sorted(p.name for p in src.iterdir()) == sorted(
+        p.name for p in (tmp_path / "copy").iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda d: d / "missing.npz", "missing.npz: no such file or folder"),
+        (lambda d: _save(d / "x.npy", np.zeros((1, 1, 28, 28))), "dtype float64, expected float32"),
+        (lambda d: _save(d / "x.npy", np.zeros((1, 28, 28), np.float32)), "shape [1, 28, 28]"),
+        (lambda d: _savez(d / "x.npz", a=np.zeros(1), b=np.zeros(1)), "no array for input 'input'"),
+        (lambda d: _text(d / "x.npy"), "not a readable .npy array"),
+        (lambda d: _text(d / "input_0.pb").parent, "not a serialized ONNX TensorProto"),
+        (lambda d: _text(d / "x.txt"), "unknown input format"),
+        (lambda d: d, "no input_K.pb files and no test_data_set_N folders"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(qmodel, tmp_path, make, needle) -> None:
+    path = make(tmp_path)
+    res = _invoke(qmodel, "--inputs", path)
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_bad_model_and_output_paths(qmodel, digits_test, tmp_path) -> None:
+    np.save(tmp_path / "x.npy", digits_test[0][:1])
+    res = _invoke(tmp_path / "nope.onnx", "--inputs", tmp_path / "x.npy")
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "nope.onnx" in res.output
+    (tmp_path / "file").write_text("x")
+    res = _invoke(qmodel, "--inputs", tmp_path / "x.npy", "-o", tmp_path / "file")
+    assert res.exit_code == 2
+
+
+def test_help_teaches() -> None:
+    res = _invoke("--help")
+    assert res.exit_code == 0
+    assert "Example:" in res.output and "--inputs" in res.output and "--trace" in res.output
+
+
+def _save(path: Path, arr: np.ndarray) -> Path:
+    np.save(path, arr)
+    return path
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _text(path: Path) -> Path:
+    path.write_text("not data")
+    return path

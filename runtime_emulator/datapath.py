@@ -496,27 +496,24 @@ def qlinear_add_ort(
     s_c: float,
     zp_c: int,
     dtype: np.dtype | type,
-    scalar_b: np.ndarray | bool = False,
 ) -> np.ndarray:
-    """onnxruntime's CPU QLinearAdd (MLAS AVX2 kernel) on equal-shape (broadcast) inputs.
+    """onnxruntime's CPU QLinearAdd (the MLAS AVX2 kernel, as compiled, with its
+    multiply-adds contracted to FMAs), on inputs already broadcast to one shape.
 
     ``rA = f32(s_a / s_c)``, ``rB = f32(s_b / s_c)``,
-    ``fixed = f32(zp_c - f32(f32(rA * zp_a) + f32(rB * zp_b)))``; where B is the
-    per-span scalar ``fixed2 = f32(fixed + f32(b * rB))`` and ``c = fma(a, rA, fixed2)``,
-    elsewhere ``c = fma(a, rA, fma(b, rB, fixed))``; then ``cvtps2dq`` (round half to even)
-    and saturating packs to the output type. ``scalar_b`` marks (per element) where the
-    kernel ran with B as the span's scalar.
+    ``fixed = f32(zp_c - fma(rA, zp_a, f32(rB * zp_b)))``,
+    ``c = fma(a, rA, fma(b, rB, fixed))``, then ``cvtps2dq`` (round half to even; INT32_MIN
+    when out of range) and saturating packs to int16 then to the output type. Where
+    onnxruntime's broadcast makes A the per-span scalar, it swaps the inputs: the caller
+    passes them swapped.
     """
     r_a = np.divide(F32(s_a), F32(s_c), dtype=F32)
     r_b = np.divide(F32(s_b), F32(s_c), dtype=F32)
-    za, zb, zc = F32(zp_a), F32(zp_b), F32(zp_c)
-    fixed = np.subtract(zc, np.add(r_a * za, r_b * zb, dtype=F32), dtype=F32)
+    fixed = np.subtract(
+        F32(zp_c), fma_f32(r_a, F32(zp_a), np.multiply(r_b, F32(zp_b), dtype=F32)), dtype=F32
+    )
     af = np.asarray(a).astype(F32)
     bf = np.asarray(b).astype(F32)
-    general = fma_f32(af, r_a, fma_f32(bf, r_b, fixed))
-    if np.any(scalar_b):
-        fixed2 = np.add(fixed, np.multiply(bf, r_b, dtype=F32), dtype=F32)
-        special = fma_f32(af, r_a, fixed2)
-        general = np.where(scalar_b, special, general)
-    r = _cvt_to_int32(general)
+    c = fma_f32(af, r_a, fma_f32(bf, r_b, fixed))
+    r = _cvt_to_int32(c)
     return saturate(np.clip(r, -32768, 32767), dtype)

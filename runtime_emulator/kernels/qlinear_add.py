@@ -3,7 +3,7 @@
 - ``ctx.target == "systolic"``: the accelerator (spec section 4): int8, zero points 0,
   equal shapes; each input rescaled to the output scale and saturated to int8, then
   added and clamped (at 0 with the ``relu`` attribute).
-- ``ctx.target == "cpu"``: onnxruntime's CPU kernel (MLAS, AVX2 path), with uint8/int8,
+- ``ctx.target == "cpu"``: onnxruntime's CPU kernel (MLAS, AVX2 path, FMAs), with uint8/int8,
   zero points and broadcasting; see :func:`runtime_emulator.datapath.qlinear_add_ort`.
 """
 
@@ -90,8 +90,8 @@ def _cpu(ins: list[np.ndarray | None], ctx: KernelContext) -> np.ndarray:
     ab = np.broadcast_to(a, out_shape)
     bb = np.broadcast_to(b, out_shape)
     if kind == "a":  # onnxruntime passes the scalar side as the kernel's B
-        return dp.qlinear_add_ort(bb, s_b, zb, ab, s_a, za, s_c, zc, a.dtype, scalar_b=True)
-    return dp.qlinear_add_ort(ab, s_a, za, bb, s_b, zb, s_c, zc, a.dtype, scalar_b=kind == "b")
+        return dp.qlinear_add_ort(bb, s_b, zb, ab, s_a, za, s_c, zc, a.dtype)
+    return dp.qlinear_add_ort(ab, s_a, za, bb, s_b, zb, s_c, zc, a.dtype)
 
 
 @register("QLinearAdd", "com.microsoft")

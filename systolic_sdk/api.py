@@ -1,0 +1,600 @@
+"""The public quantization APIs users already know.
+
+- ``quantize_static``, ``quantize_dynamic``: signature-compatible with
+  ``onnxruntime.quantization`` (same parameter names, order and defaults), so switching is
+  a change of import. They also accept a ModelProto, return the quantized model, and take
+  keyword-only extras (``backend``, ``quantize_bias``, ``strict``).
+- ``quantize_qat``: a model with fake-quant QuantizeLinear/DequantizeLinear pairs becomes
+  a quantized model that uses the pairs' scales.
+- ``quantize``: the original onnxruntime API (``QuantizationMode`` IntegerOps/QLinearOps,
+  static parameters as ``[zero_point, scale]``), ModelProto in, ModelProto out.
+
+Each builds a :class:`~systolic_sdk.quantization.config.QuantConfig` and runs the core.
+Files are written atomically; the input is never overwritten; bad input raises SdkError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from systolic_sdk.calibration.reader import CalibrationDataReader
+from systolic_sdk.errors import QuantizationError, SdkError
+from systolic_sdk.graph.io import check_output_path, load_model, save_model, write_bytes_atomic
+from systolic_sdk.quantization.config import QuantConfig, TensorOverride
+from systolic_sdk.quantization.overrides import check_overrides_fit_model, parse_tensor_overrides
+from systolic_sdk.quantization.qat import strip_fake_quant
+from systolic_sdk.quantization.types import OutputForm, QuantFormat, QuantizationMode, QuantType
+
+PathLike = str | os.PathLike[str]
+
+
+class CalibrationMethod(Enum):
+    """onnxruntime.quantization.CalibrationMethod names, mapped to our calibrators."""
+
+    MinMax = 0
+    Entropy = 1
+    Percentile = 2
+    Distribution = 3
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_CALIBRATORS = {
+    CalibrationMethod.MinMax: "minmax",
+    CalibrationMethod.Entropy: "entropy",
+    CalibrationMethod.Percentile: "percentile",
+}
+# extra_options keys that become calibrator options: key -> (option, converter)
+_CALIB_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "CalibMovingAverage": ("moving_average", bool),
+    "CalibMovingAverageConstant": ("averaging_constant", float),
+    "CalibPercentile": ("percentile", float),
+    "CalibNumQuantizedBins": ("num_quantized_bins", int),
+    "CalibNumBins": ("num_bins", int),
+}
+_LEGACY_OP_TYPES = frozenset({"Conv", "MatMul"})
+
+
+# ---------------------------------------------------------------- onnxruntime-compatible API
+
+
+def quantize_static(
+    model_input: PathLike | onnx.ModelProto,
+    model_output: PathLike | None,
+    calibration_data_reader: CalibrationDataReader | None = None,
+    quant_format: QuantFormat | Any = QuantFormat.QDQ,
+    op_types_to_quantize: Sequence[str] | None = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    activation_type: QuantType | Any = QuantType.QInt8,
+    weight_type: QuantType | Any = QuantType.QInt8,
+    nodes_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    use_external_data_format: bool = False,
+    calibrate_method: CalibrationMethod | Any = CalibrationMethod.MinMax,
+    calibration_providers: Sequence[str] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
+    calibration_cache_path: PathLike | None = None,
+    *,
+    backend: str = "cpu",
+    quantize_bias: bool = True,
+    strict: bool = False,
+) -> onnx.ModelProto:
+    """Calibrate on ``calibration_data_reader`` and quantize; write ``model_output``.
+
+    Parameters as in ``onnxruntime.quantization.quantize_static``. ``quant_format`` may
+    also be ``OutputForm.INTEGER`` (ConvInteger/MatMulInteger with static activations).
+    ``calibration_cache_path``: a JSON ``{tensor: [rmin, rmax]}`` file, read when it
+    exists (no calibration run), else written after calibrating. ``model_output`` None
+    writes nothing. ``use_external_data_format`` is accepted; models are written inline
+    (models above 2 GiB are refused). Returns the quantized model.
+    """
+    extra = dict(extra_options or {})
+    out = _check_output(model_output, model_input)
+    model = load_model(model_input)
+    config = _build_config(
+        model,
+        form=_as_form(quant_format),
+        static=True,
+        activation_type=_as_quant_type(activation_type, "activation_type"),
+        weight_type=_as_quant_type(weight_type, "weight_type"),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types_to_quantize=op_types_to_quantize,
+        nodes_to_quantize=nodes_to_quantize,
+        nodes_to_exclude=nodes_to_exclude,
+        extra=extra,
+        backend=backend,
+        quantize_bias=quantize_bias,
+        strict=strict,
+    )
+    method = _calibrator(calibrate_method)
+    return _run(
+        model,
+        config,
+        out,
+        reader=calibration_data_reader,
+        method=method,
+        providers=calibration_providers,
+        cache=calibration_cache_path,
+    )
+
+
+def quantize_dynamic(
+    model_input: PathLike | onnx.ModelProto,
+    model_output: PathLike | None,
+    op_types_to_quantize: Sequence[str] | None = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    weight_type: QuantType | Any = QuantType.QInt8,
+    nodes_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    use_external_data_format: bool = False,
+    extra_options: Mapping[str, Any] | None = None,
+    *,
+    backend: str = "cpu",
+    quantize_bias: bool = True,
+    strict: bool = False,
+) -> onnx.ModelProto:
+    """Quantize weights ahead of time and activations at run time (DynamicQuantizeLinear
+    with ConvInteger/MatMulInteger). Parameters as in onnxruntime's ``quantize_dynamic``;
+    ``model_output`` None writes nothing. Returns the quantized model.
+    """
+    extra = dict(extra_options or {})
+    out = _check_output(model_output, model_input)
+    model = load_model(model_input)
+    config = _build_config(
+        model,
+        form=OutputForm.INTEGER,
+        static=False,
+        activation_type=QuantType.QUInt8,  # DynamicQuantizeLinear emits uint8
+        weight_type=_as_quant_type(weight_type, "weight_type"),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types_to_quantize=op_types_to_quantize,
+        nodes_to_quantize=nodes_to_quantize,
+        nodes_to_exclude=nodes_to_exclude,
+        extra=extra,
+        backend=backend,
+        quantize_bias=quantize_bias,
+        strict=strict,
+    )
+    return _run(model, config, out)
+
+
+def quantize_qat(
+    model_input: PathLike | onnx.ModelProto,
+    model_output: PathLike | None,
+    calibration_data_reader: CalibrationDataReader | None = None,
+    quant_format: QuantFormat | Any = QuantFormat.QDQ,
+    op_types_to_quantize: Sequence[str] | None = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    activation_type: QuantType | Any = QuantType.QInt8,
+    weight_type: QuantType | Any = QuantType.QInt8,
+    nodes_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    use_external_data_format: bool = False,
+    calibrate_method: CalibrationMethod | Any = CalibrationMethod.MinMax,
+    calibration_providers: Sequence[str] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
+    *,
+    backend: str = "cpu",
+    quantize_bias: bool = True,
+    strict: bool = False,
+) -> onnx.ModelProto:
+    """Quantize a model whose scales were learned: fake-quant Q/DQ pairs become overrides.
+
+    Every QuantizeLinear -> DequantizeLinear pair (and DequantizeLinear on constant
+    weights) is removed and its scale/zero point fixed for that tensor; the float model
+    is then quantized in ``quant_format``. Tensors the quantizer needs that carry no pair
+    are calibrated on ``calibration_data_reader`` (an error names the first one if no
+    reader is given). ``TensorQuantOverrides`` in ``extra_options`` take precedence.
+    """
+    extra = dict(extra_options or {})
+    out = _check_output(model_output, model_input)
+    stripped = strip_fake_quant(load_model(model_input))
+    learned = dict(stripped.overrides)
+    config = _build_config(
+        stripped.model,
+        form=_as_form(quant_format),
+        static=True,
+        activation_type=_as_quant_type(activation_type, "activation_type"),
+        weight_type=_as_quant_type(weight_type, "weight_type"),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types_to_quantize=op_types_to_quantize,
+        nodes_to_quantize=nodes_to_quantize,
+        nodes_to_exclude=nodes_to_exclude,
+        extra=extra,
+        backend=backend,
+        quantize_bias=quantize_bias,
+        strict=strict,
+    )
+    learned.update(config.tensor_overrides)
+    config.tensor_overrides = learned
+    return _run(
+        stripped.model,
+        config,
+        out,
+        reader=calibration_data_reader,
+        method=_calibrator(calibrate_method),
+        providers=calibration_providers,
+        missing_hint="it has no fake-quant pair",
+    )
+
+
+# ---------------------------------------------------------------- the original API
+
+
+def quantize(
+    model: onnx.ModelProto,
+    per_channel: bool = False,
+    nbits: int = 8,
+    quantization_mode: QuantizationMode = QuantizationMode.IntegerOps,
+    static: bool = False,
+    asymmetric_input_types: bool = False,
+    input_quantization_params: Mapping[str, Sequence[Any]] | None = None,
+    output_quantization_params: Mapping[str, Sequence[Any]] | None = None,
+) -> onnx.ModelProto:
+    """The original onnxruntime ``quantize()``: Conv and MatMul become integer ops.
+
+    ``IntegerOps``: ConvInteger/MatMulInteger. ``QLinearOps``: QLinearConv/QLinearMatMul,
+    whose outputs need ``output_quantization_params``. ``static`` (or a ``*_Static``
+    mode) quantizes activations with ``input_quantization_params``; dynamic computes
+    them in the graph. Parameters map tensor names to ``[zero_point, scale]``; the zero
+    point's numpy type (``np.uint8``/``np.int8``) gives the tensor's type.
+    ``asymmetric_input_types``: signed weights, unsigned activations; otherwise both
+    unsigned. Only ``nbits=8`` exists. Returns a new model; the input is not modified.
+    """
+    if isinstance(nbits, bool) or not isinstance(nbits, numbers.Integral) or nbits != 8:
+        raise SdkError(f"nbits={nbits!r} is not supported: only 8-bit quantization exists")
+    mode = _as_mode(quantization_mode)
+    if mode.implied_static is not None:
+        static = mode.implied_static
+    if not isinstance(model, onnx.ModelProto):
+        raise SdkError(f"quantize() takes an onnx.ModelProto, got {type(model).__name__}")
+    qlinear = mode.base is QuantizationMode.QLinearOps
+    form = OutputForm.QOPERATOR if qlinear else OutputForm.INTEGER
+    weight_type = QuantType.QInt8 if asymmetric_input_types else QuantType.QUInt8
+    config = QuantConfig(
+        form=form,
+        static=bool(static),
+        activation_type=QuantType.QUInt8,
+        weight_type=weight_type,
+        per_channel=bool(per_channel),
+        op_types_to_quantize=_LEGACY_OP_TYPES,
+    )
+    from systolic_sdk.quantization import prepare_model
+
+    prepared = prepare_model(model, config)
+    inputs = _legacy_params(input_quantization_params, "input_quantization_params")
+    outputs = _legacy_params(output_quantization_params, "output_quantization_params")
+    inits = {t.name for t in prepared.graph.initializer}
+    for node in prepared.graph.node:
+        if node.op_type not in _LEGACY_OP_TYPES or node.domain not in ("", "ai.onnx"):
+            continue
+        acts = [node.input[0]]
+        if node.op_type == "MatMul" and node.input[1] not in inits:
+            acts.append(node.input[1])
+        if static:
+            for name in acts:
+                if name not in inputs:
+                    raise SdkError(
+                        f"tensor '{name}' (input of node '{node.name}'): static mode needs "
+                        "its [zero_point, scale] in input_quantization_params"
+                    )
+        if qlinear and node.output[0] not in outputs:
+            raise SdkError(
+                f"tensor '{node.output[0]}' (output of node '{node.name}'): QLinearOps "
+                "needs its [zero_point, scale] in output_quantization_params"
+            )
+    overrides = {**(inputs if static else {}), **outputs} if (static or qlinear) else {}
+    check_overrides_fit_model(overrides, prepared, "quantization params")
+    config.tensor_overrides = overrides
+    return _quantize_checked(prepared, config, {})
+
+
+def _legacy_params(
+    params: Mapping[str, Sequence[Any]] | None, what: str
+) -> dict[str, TensorOverride]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise SdkError(f"{what}: expected a dict of tensor name -> [zero_point, scale]")
+    entries = {}
+    for name, value in params.items():
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise SdkError(f"{what}: tensor '{name}': expected [zero_point, scale], got {value!r}")
+        entries[name] = [{"zero_point": value[0], "scale": value[1]}]
+    parsed = parse_tensor_overrides(entries, source=what)
+    return {
+        name: ov if ov.quant_type is not None else _with_type(ov, QuantType.QUInt8)
+        for name, ov in parsed.items()
+    }
+
+
+def _with_type(ov: TensorOverride, qtype: QuantType) -> TensorOverride:
+    lo, hi = (0, 255) if qtype is QuantType.QUInt8 else (-128, 127)
+    zp = ov.zero_point or ()
+    if any(not lo <= z <= hi for z in zp):
+        # a plain Python int outside uint8 but inside int8: the user meant a signed type
+        qtype = QuantType.QInt8
+    return dataclasses.replace(ov, quant_type=qtype)
+
+
+# ---------------------------------------------------------------- shared pipeline
+
+
+def _build_config(
+    model: onnx.ModelProto,
+    *,
+    form: OutputForm,
+    static: bool,
+    activation_type: QuantType,
+    weight_type: QuantType,
+    per_channel: bool,
+    reduce_range: bool,
+    op_types_to_quantize: Sequence[str] | None,
+    nodes_to_quantize: Sequence[str] | None,
+    nodes_to_exclude: Sequence[str] | None,
+    extra: dict[str, Any],
+    backend: str,
+    quantize_bias: bool,
+    strict: bool,
+) -> QuantConfig:
+    overrides: dict[str, TensorOverride] = {}
+    if extra.get("TensorQuantOverrides"):
+        overrides = parse_tensor_overrides(extra["TensorQuantOverrides"], "TensorQuantOverrides")
+        check_overrides_fit_model(overrides, model, "TensorQuantOverrides")
+    _check_node_names(model, nodes_to_quantize, "nodes_to_quantize")
+    _check_node_names(model, nodes_to_exclude, "nodes_to_exclude")
+    _check_backend(backend)
+    return QuantConfig(
+        backend=backend,
+        form=form,
+        static=static,
+        activation_type=activation_type,
+        weight_type=weight_type,
+        per_channel=bool(per_channel),
+        reduce_range=bool(reduce_range),
+        symmetric_activations=_opt_bool(extra, "ActivationSymmetric"),
+        symmetric_weights=_opt_bool(extra, "WeightSymmetric"),
+        quantize_bias=bool(extra.get("QuantizeBias", quantize_bias)),
+        op_types_to_quantize=_names(op_types_to_quantize, "op_types_to_quantize"),
+        nodes_to_quantize=_names(nodes_to_quantize, "nodes_to_quantize"),
+        nodes_to_exclude=_names(nodes_to_exclude, "nodes_to_exclude") or frozenset(),
+        tensor_overrides=overrides,
+        strict=bool(strict),
+        extra_options=extra,
+    )
+
+
+def _run(
+    model: onnx.ModelProto,
+    config: QuantConfig,
+    out: Path | None,
+    *,
+    reader: CalibrationDataReader | None = None,
+    method: str = "minmax",
+    providers: Sequence[str] | None = None,
+    cache: PathLike | None = None,
+    missing_hint: str = "",
+) -> onnx.ModelProto:
+    from systolic_sdk.quantization import prepare_model, tensors_to_calibrate
+
+    prepared = prepare_model(model, config)
+    fixed = {n for n, ov in config.tensor_overrides.items() if ov.scale and ov.zero_point}
+    wanted = [n for n in tensors_to_calibrate(prepared, config) if n not in fixed]
+    ranges: dict[str, tuple[float, float]] = {}
+    if wanted:
+        cache_path = Path(cache) if cache is not None else None
+        if cache_path is not None and cache_path.exists():
+            ranges = _read_cache(cache_path)
+        elif reader is not None:
+            ranges = _calibrate(prepared, reader, wanted, method, providers, config.extra_options)
+            if cache_path is not None:
+                _write_cache(cache_path, ranges)
+        missing = [n for n in wanted if n not in ranges]
+        if missing:
+            why = f"{missing_hint} and " if missing_hint else ""
+            raise SdkError(
+                f"tensor '{missing[0]}' needs a range: {why}no calibration data covers it "
+                "(give a calibration data reader)"
+            )
+        if config.extra_options.get("CalibTensorRangeSymmetric"):
+            ranges = {
+                n: (-max(abs(a), abs(b)), max(abs(a), abs(b))) for n, (a, b) in ranges.items()
+            }
+    quantized = _quantize_checked(prepared, config, ranges)
+    if out is not None:
+        save_model(quantized, out)
+    return quantized
+
+
+def _quantize_checked(
+    model: onnx.ModelProto, config: QuantConfig, ranges: Mapping[str, tuple[float, float]]
+) -> onnx.ModelProto:
+    """Run the core and refuse to hand back a model that onnx.checker rejects."""
+    from systolic_sdk.quantization import quantize_model
+
+    quantized = quantize_model(model, config, dict(ranges))
+    try:
+        onnx.checker.check_model(quantized)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise QuantizationError(f"the quantized model fails onnx.checker: {first}") from None
+    return quantized
+
+
+def _calibrate(
+    model: onnx.ModelProto,
+    reader: CalibrationDataReader,
+    names: list[str],
+    method: str,
+    providers: Sequence[str] | None,
+    extra: Mapping[str, Any],
+) -> dict[str, tuple[float, float]]:
+    from systolic_sdk.calibration import calibrate
+
+    options: dict[str, Any] = {}
+    for key, (option, convert) in _CALIB_OPTIONS.items():
+        if key in extra and extra[key] is not None:
+            options[option] = convert(extra[key])
+    if not options.get("moving_average"):
+        options.pop("averaging_constant", None)
+        options.pop("moving_average", None)
+    if method != "percentile":
+        options.pop("percentile", None)
+    if method != "entropy":
+        options.pop("num_quantized_bins", None)
+    if method == "minmax":
+        options.pop("num_bins", None)
+    if providers:
+        options["providers"] = list(providers)
+    return calibrate(model, reader, names, method=method, **options)
+
+
+def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SdkError(f"{path}: cannot read calibration cache ({exc})") from None
+    if not isinstance(data, dict):
+        raise SdkError(f"{path}: calibration cache must map tensor names to [rmin, rmax]")
+    ranges = {}
+    for name, value in data.items():
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or value[0] > value[1]
+        ):
+            raise SdkError(f"{path}: tensor '{name}': expected [rmin, rmax], got {value!r}")
+        ranges[name] = (float(value[0]), float(value[1]))
+    return ranges
+
+
+def _write_cache(path: Path, ranges: Mapping[str, tuple[float, float]]) -> None:
+    out = check_output_path(path)
+    text = json.dumps({n: [float(a), float(b)] for n, (a, b) in ranges.items()}, indent=1)
+    write_bytes_atomic(out, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------- argument coercion
+
+
+def _check_output(model_output: PathLike | None, model_input: Any) -> Path | None:
+    if model_output is None:
+        return None
+    if isinstance(model_output, onnx.ModelProto):
+        raise SdkError("model_output must be a file path, not a ModelProto")
+    src = None if isinstance(model_input, onnx.ModelProto) else model_input
+    return check_output_path(model_output, src)
+
+
+def _check_node_names(model: onnx.ModelProto, names: Iterable[str] | None, what: str) -> None:
+    if not names:
+        return
+    known = {n.name for n in model.graph.node}
+    for name in names:
+        if name not in known:
+            raise SdkError(f"node '{name}' in {what} is not in the model")
+
+
+def _check_backend(backend: str) -> None:
+    from systolic_sdk.backends import available_backends
+
+    names = list(available_backends())
+    if backend not in names:
+        raise SdkError(f"unknown backend '{backend}' (available: {', '.join(names)})")
+
+
+def _names(values: Iterable[str] | None, what: str) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for v in values:
+        if not isinstance(v, str) or not v:
+            raise SdkError(f"{what}: expected names (strings), got {v!r}")
+        out.append(v)
+    return frozenset(out)
+
+
+def _opt_bool(extra: Mapping[str, Any], key: str) -> bool | None:
+    return None if extra.get(key) is None else bool(extra[key])
+
+
+def _by_name(value: Any, enum: type[Enum], what: str) -> Any:
+    """Accept our enum, a same-named member of onnxruntime's enum, or a member name."""
+    if isinstance(value, enum):
+        return value
+    name = getattr(value, "name", value)
+    if isinstance(name, str):
+        for member in enum:
+            if member.name.lower() == name.lower():
+                return member
+    choices = ", ".join(m.name for m in enum)
+    raise SdkError(f"{what}: unknown value {value!r} (choose from {choices})")
+
+
+def _as_quant_type(value: Any, what: str) -> QuantType:
+    if isinstance(value, str):
+        try:
+            return QuantType.from_string(value)
+        except ValueError as exc:
+            raise SdkError(f"{what}: {exc}") from None
+    return _by_name(value, QuantType, what)
+
+
+def _as_form(value: Any) -> OutputForm:
+    if isinstance(value, OutputForm):
+        return value
+    if isinstance(value, str) and value.lower() in ("integer", "integerops"):
+        return OutputForm.INTEGER
+    fmt = _by_name(value, QuantFormat, "quant_format")
+    return OutputForm.QDQ if fmt is QuantFormat.QDQ else OutputForm.QOPERATOR
+
+
+def _as_mode(value: Any) -> QuantizationMode:
+    return _by_name(value, QuantizationMode, "quantization_mode")
+
+
+def _calibrator(value: Any) -> str:
+    if isinstance(value, str) and not hasattr(value, "name"):
+        try:
+            value = _by_name(value, CalibrationMethod, "calibrate_method")
+        except SdkError:
+            return value.lower()  # one of our own calibrators by name ("mse", ...)
+    method = _by_name(value, CalibrationMethod, "calibrate_method")
+    if method not in _CALIBRATORS:
+        raise SdkError(
+            f"calibrate_method {method.name} is not available "
+            f"(choose from {', '.join(m.name for m in _CALIBRATORS)})"
+        )
+    return _CALIBRATORS[method]
+
+
+__all__ = [
+    "CalibrationDataReader",
+    "CalibrationMethod",
+    "QuantFormat",
+    "QuantType",
+    "QuantizationMode",
+    "quantize",
+    "quantize_dynamic",
+    "quantize_qat",
+    "quantize_static",
+]

@@ -1,0 +1,63 @@
+"""Helpers shared by the command modules: error conversion, option parsing, output."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import click
+
+from systolic_sdk.errors import SdkError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+QUANT_TYPES = ("qint8", "quint8", "qint16", "quint16")
+FORMATS = ("qdq", "qoperator", "integer")
+
+
+def sdk_errors(func: F) -> F:
+    """Turn an SdkError raised by the command body into ``error: ...`` and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SdkError as exc:
+            from systolic_sdk.cli import UserError
+
+            raise UserError(one_line(str(exc))) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def one_line(message: str) -> str:
+    """The message's first line (errors are one line; guard against stray newlines)."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def split_names(values: Iterable[str] | None) -> list[str] | None:
+    """Names given as repeated options and/or comma-separated lists; None if none given."""
+    if not values:
+        return None
+    names = [part.strip() for value in values for part in value.split(",")]
+    names = [n for n in names if n]
+    return names or None
+
+
+def backend_choices() -> list[str]:
+    """Registered backends, for --help (falls back to 'cpu' while none is registered)."""
+    try:
+        from systolic_sdk.backends import available_backends
+
+        return list(available_backends()) or ["cpu"]
+    except ImportError:  # the backend registry is not importable yet
+        return ["cpu"]
+
+
+def say(quiet: bool, message: str) -> None:
+    """Print a progress/result line unless --quiet."""
+    if not quiet:
+        click.echo(message)

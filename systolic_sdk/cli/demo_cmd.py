@@ -1,0 +1,226 @@
+"""``systolic-quantize demo``: quantize the shipped model and score fp32 against int8."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import onnx
+
+from systolic_sdk.cli.common import (
+    CONTEXT_SETTINGS,
+    FORMATS,
+    QUANT_TYPES,
+    backend_choices,
+    say,
+    sdk_errors,
+)
+from systolic_sdk.errors import SdkError
+from systolic_sdk.quantization.types import OutputForm, QuantType
+
+DEFAULT_MODEL_DIR = Path("models") / "digits_cnn"
+EVAL_BATCH = 250
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured (accuracies are fractions in [0, 1])."""
+
+    model_dir: Path
+    description: str  # e.g. "cpu backend, qdq static, qint8 activations, qint8 weights"
+    samples: int
+    fp32_accuracy: float
+    quantized_accuracy: float
+    agreement: float  # fraction of samples where fp32 and quantized predict the same class
+    output: Path | None = None
+    quantized_model: onnx.ModelProto | None = field(default=None, repr=False)
+
+
+def default_model_dir() -> Path:
+    """``models/digits_cnn`` under the current folder, else next to the installed package."""
+    here = Path.cwd() / DEFAULT_MODEL_DIR
+    if (here / "model.onnx").exists():
+        return here
+    import systolic_sdk
+
+    repo = Path(systolic_sdk.__file__).resolve().parent.parent / DEFAULT_MODEL_DIR
+    if (repo / "model.onnx").exists():
+        return repo
+    raise SdkError(
+        f"{DEFAULT_MODEL_DIR}: no shipped model here or next to the package; pass MODEL_DIR"
+    )
+
+
+def run_demo(
+    model_dir: Path | str | None = None,
+    *,
+    backend: str = "cpu",
+    quant_format: str = "qdq",
+    per_channel: bool = False,
+    activation_type: QuantType = QuantType.QInt8,
+    weight_type: QuantType = QuantType.QInt8,
+    output: Path | str | None = None,
+) -> DemoResult:
+    """Quantize ``model_dir``/model.onnx (calibrated on calib.npz) and score both models.
+
+    ``quant_format`` is qdq or qoperator (static, calibrated) or integer (dynamic). Both
+    models run in onnxruntime on test.npz (``input``, ``label``). Writes only ``output``.
+    """
+    from systolic_sdk import api
+    from systolic_sdk.calibration import ArrayReader
+    from systolic_sdk.graph.io import check_output_path, load_model
+
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    model_path = folder / "model.onnx"
+    out = check_output_path(output, model_path) if output is not None else None
+    model = load_model(model_path)
+    input_name = model.graph.input[0].name
+    calib = _arrays(folder / "calib.npz", ("input",))["input"]
+    test = _arrays(folder / "test.npz", ("input", "label"))
+    fmt = quant_format.lower()
+    if fmt not in FORMATS:
+        raise SdkError(f"unknown format '{quant_format}' (choose from {', '.join(FORMATS)})")
+    if fmt == "integer":
+        mode = "dynamic"
+        quantized = api.quantize_dynamic(
+            model, None, per_channel=per_channel, weight_type=weight_type, backend=backend
+        )
+        activation_type = QuantType.QUInt8
+    else:
+        mode = "static"
+        reader = ArrayReader({input_name: calib}, batch_size=50)
+        quantized = api.quantize_static(
+            model,
+            None,
+            reader,
+            quant_format=OutputForm.QDQ if fmt == "qdq" else OutputForm.QOPERATOR,
+            per_channel=per_channel,
+            activation_type=activation_type,
+            weight_type=weight_type,
+            backend=backend,
+        )
+    x, labels = test["input"], test["label"]
+    ref = _predict(model, input_name, x)
+    got = _predict(quantized, input_name, x)
+    if out is not None:
+        from systolic_sdk.graph.io import save_model
+
+        save_model(quantized, out)
+    granularity = "per-channel" if per_channel else "per-tensor"
+    return DemoResult(
+        model_dir=folder,
+        description=(
+            f"{backend} backend, {fmt} {mode}, {granularity}, "
+            f"{activation_type} activations, {weight_type} weights"
+        ),
+        samples=len(labels),
+        fp32_accuracy=float(np.mean(ref == labels)),
+        quantized_accuracy=float(np.mean(got == labels)),
+        agreement=float(np.mean(ref == got)),
+        output=out,
+        quantized_model=quantized,
+    )
+
+
+def _arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise SdkError(f"{path}: no such file (the demo needs model.onnx, calib.npz, test.npz)")
+    try:
+        with np.load(path) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise SdkError(f"{path}: no array named '{missing[0]}'")
+            return {k: data[k] for k in keys}
+    except (OSError, ValueError) as exc:
+        raise SdkError(f"{path}: cannot read ({exc})") from None
+
+
+def _predict(model: onnx.ModelProto, input_name: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SdkError(f"onnxruntime cannot load the model: {first}") from None
+    preds = [
+        sess.run(None, {input_name: x[i : i + EVAL_BATCH]})[0].argmax(axis=1)
+        for i in range(0, len(x), EVAL_BATCH)
+    ]
+    return np.concatenate(preds)
+
+
+@click.command("demo", context_settings=CONTEXT_SETTINGS)
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--backend",
+    default="cpu",
+    show_default=True,
+    help=f"Target: {', '.join(backend_choices())}.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    default="qdq",
+    show_default=True,
+    help="qdq/qoperator: static, calibrated on calib.npz; integer: dynamic.",
+)
+@click.option("--per-channel", is_flag=True, help="One weight scale per output channel.")
+@click.option(
+    "--activation-type",
+    type=click.Choice(QUANT_TYPES, case_sensitive=False),
+    default="qint8",
+    show_default=True,
+)
+@click.option(
+    "--weight-type",
+    type=click.Choice(QUANT_TYPES, case_sensitive=False),
+    default="qint8",
+    show_default=True,
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Also write the quantized model."
+)
+@sdk_errors
+def demo_command(
+    model_dir: Path | None,
+    backend: str,
+    fmt: str,
+    per_channel: bool,
+    activation_type: str,
+    weight_type: str,
+    output: Path | None,
+) -> None:
+    """Quantize the shipped model and compare it with fp32 on its test split.
+
+    MODEL_DIR holds model.onnx, calib.npz (key 'input') and test.npz (keys 'input',
+    'label'); it defaults to models/digits_cnn. Nothing is written unless -o is given.
+
+    \b
+    Examples:
+      systolic-quantize demo
+      systolic-quantize demo --format qoperator --per-channel --activation-type quint8
+      systolic-quantize demo models/digits_cnn -o digits.int8.onnx
+    """
+    result = run_demo(
+        model_dir,
+        backend=backend,
+        quant_format=fmt,
+        per_channel=per_channel,
+        activation_type=QuantType.from_string(activation_type),
+        weight_type=QuantType.from_string(weight_type),
+        output=output,
+    )
+    say(False, f"model:     {result.model_dir / 'model.onnx'}")
+    say(False, f"quantized: {result.description}")
+    say(
+        False,
+        f"fp32 accuracy:      {100 * result.fp32_accuracy:6.2f} %  ({result.samples} samples)",
+    )
+    say(False, f"quantized accuracy: {100 * result.quantized_accuracy:6.2f} %")
+    say(False, f"agreement:          {100 * result.agreement:6.2f} %  (same predicted class)")
+    if result.output is not None:
+        say(False, f"wrote {result.output}")

@@ -1,0 +1,235 @@
+"""``systolic-quantize quantize``: quantize an fp32 ONNX model to a file."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+import onnx
+
+from systolic_sdk.cli.common import (
+    CONTEXT_SETTINGS,
+    FORMATS,
+    QUANT_TYPES,
+    backend_choices,
+    say,
+    sdk_errors,
+    split_names,
+)
+from systolic_sdk.errors import SdkError
+from systolic_sdk.graph.io import check_output_path, load_model
+from systolic_sdk.quantization.types import OutputForm, QuantType
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse", "minmax_avg", "naive")
+
+EPILOG = """\b
+Examples:
+  # static QDQ int8 (the default), calibrated on a .npz of model inputs
+  systolic-quantize quantize model.onnx -o model.int8.onnx --calibration-data calib.npz
+\b
+  # QOperator form (QLinearConv, QLinearMatMul, ...), per-channel weights, uint8 activations
+  systolic-quantize quantize model.onnx -o q.onnx --format qoperator --per-channel \\
+      --activation-type quint8 --calibration-data test_data_sets/
+\b
+  # dynamic: weights now, activations at run time (ConvInteger/MatMulInteger); no data needed
+  systolic-quantize quantize model.onnx -o q.onnx --mode dynamic
+\b
+  # keep the first conv in float; fix one tensor's scale from a JSON overrides file
+  systolic-quantize quantize model.onnx -o q.onnx --calibration-data calib.npz \\
+      --nodes-to-exclude /conv1/Conv --tensor-quant-overrides overrides.json
+\b
+Calibration data: a .npy/.npz file (arrays named after the model inputs, or one array for
+a one-input model), a folder of them, an ONNX test-data folder (test_data_set_*/input_*.pb),
+or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point": 12}]}
+(one dict per tensor, or one per channel).
+"""
+
+
+@click.command("quantize", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Quantized model path."
+)
+@click.option(
+    "--backend",
+    default="cpu",
+    show_default=True,
+    help=f"Target: {', '.join(backend_choices())} (cpu = stock onnxruntime).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    default=None,
+    help="qdq: QuantizeLinear/DequantizeLinear around float ops; qoperator: QLinearConv, "
+    "QLinearMatMul, ...; integer: ConvInteger/MatMulInteger. "
+    "[default: qdq; integer with --mode dynamic]",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(("static", "dynamic"), case_sensitive=False),
+    default=None,
+    help="static: activation scales from calibration data; dynamic: computed at run time. "
+    "[default: static; dynamic with --format integer]",
+)
+@click.option("--per-channel", is_flag=True, help="One weight scale per output channel.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (CPUs without VNNI).")
+@click.option(
+    "--activation-type",
+    type=click.Choice(QUANT_TYPES, case_sensitive=False),
+    default="qint8",
+    show_default=True,
+)
+@click.option(
+    "--weight-type",
+    type=click.Choice(QUANT_TYPES, case_sensitive=False),
+    default="qint8",
+    show_default=True,
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(path_type=Path),
+    help="File or folder of representative inputs (needed for static mode).",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(CALIBRATION_METHODS, case_sensitive=False),
+    default="minmax",
+    show_default=True,
+)
+@click.option("--dataset-size", type=click.IntRange(min=1), help="Use at most N samples.")
+@click.option(
+    "--preprocess", default=None, help="Image preprocessing for image folders (calibration)."
+)
+@click.option(
+    "--op-types",
+    multiple=True,
+    metavar="OPS",
+    help="Quantize only these op types (comma-separated or repeated), e.g. Conv,Gemm.",
+)
+@click.option(
+    "--nodes-to-quantize",
+    multiple=True,
+    metavar="NODES",
+    help="Quantize only these nodes (names, comma-separated or repeated).",
+)
+@click.option(
+    "--nodes-to-exclude",
+    multiple=True,
+    metavar="NODES",
+    help="Keep these nodes in float (names, comma-separated or repeated).",
+)
+@click.option(
+    "--tensor-quant-overrides",
+    type=click.Path(path_type=Path),
+    help="JSON file fixing scales/zero points of named tensors.",
+)
+@click.option(
+    "--quantize-bias/--no-quantize-bias",
+    default=True,
+    show_default=True,
+    help="Quantize Conv/Gemm biases to int32.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@sdk_errors
+def quantize_command(
+    model: Path,
+    output: Path,
+    backend: str,
+    fmt: str | None,
+    mode: str | None,
+    per_channel: bool,
+    reduce_range: bool,
+    activation_type: str,
+    weight_type: str,
+    calibration_data: Path | None,
+    calibration_method: str,
+    dataset_size: int | None,
+    preprocess: str | None,
+    op_types: tuple[str, ...],
+    nodes_to_quantize: tuple[str, ...],
+    nodes_to_exclude: tuple[str, ...],
+    tensor_quant_overrides: Path | None,
+    quantize_bias: bool,
+    quiet: bool,
+) -> None:
+    """Quantize the fp32 ONNX MODEL and write it to OUTPUT.
+
+    Static mode calibrates activation ranges on --calibration-data; dynamic mode needs
+    no data. The output is written atomically and never over the input; on any error
+    nothing is written.
+    """
+    from systolic_sdk import api
+    from systolic_sdk.quantization.overrides import load_tensor_overrides, overrides_to_json
+
+    mode = (mode or ("dynamic" if fmt == "integer" else "static")).lower()
+    fmt = (fmt or ("integer" if mode == "dynamic" else "qdq")).lower()
+    if mode == "dynamic" and fmt != "integer":
+        raise SdkError(
+            f"--mode dynamic produces integer ops (ConvInteger/MatMulInteger); "
+            f"use --format integer, not --format {fmt}"
+        )
+    if mode == "dynamic" and calibration_data is not None:
+        raise SdkError("--calibration-data is not used in dynamic mode; drop it or use static")
+    if mode == "static" and calibration_data is None and tensor_quant_overrides is None:
+        raise SdkError(
+            f"{model}: static quantization needs --calibration-data PATH (or use --mode dynamic)"
+        )
+    out = check_output_path(output, model)
+    fp32 = load_model(model)
+    extra: dict = {}
+    if tensor_quant_overrides is not None:
+        extra["TensorQuantOverrides"] = overrides_to_json(
+            load_tensor_overrides(tensor_quant_overrides)
+        )
+    common = dict(
+        op_types_to_quantize=split_names(op_types),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.from_string(weight_type),
+        nodes_to_quantize=split_names(nodes_to_quantize),
+        nodes_to_exclude=split_names(nodes_to_exclude),
+        extra_options=extra,
+        backend=backend,
+        quantize_bias=quantize_bias,
+    )
+    if mode == "dynamic":
+        quantized = api.quantize_dynamic(fp32, None, **common)
+    else:
+        reader = None
+        if calibration_data is not None:
+            from systolic_sdk.calibration import open_source
+
+            reader = open_source(
+                calibration_data, fp32, dataset_size=dataset_size, preprocess=preprocess
+            )
+        quant_format = OutputForm.INTEGER if fmt == "integer" else fmt
+        quantized = api.quantize_static(
+            fp32,
+            None,
+            reader,
+            quant_format=quant_format,
+            activation_type=QuantType.from_string(activation_type),
+            calibrate_method=calibration_method,
+            **common,
+        )
+    from systolic_sdk.graph.io import save_model
+
+    check_output_path(out, model)  # the folder may have vanished while calibrating
+    save_model(quantized, out)
+    say(quiet, f"wrote {out} ({fmt}, {mode}; {_summary(quantized)})")
+
+
+def _summary(model: onnx.ModelProto) -> str:
+    """Counts of the quantization-related ops in the written graph."""
+    counts = Counter(n.op_type for n in model.graph.node)
+    keys = [
+        k
+        for k in sorted(counts)
+        if k.startswith(("QLinear", "Quantize", "Dequantize", "DynamicQuantize", "QGemm"))
+        or k.endswith("Integer")
+    ]
+    if not keys:
+        return "no op was quantized"
+    return ", ".join(f"{counts[k]} {k}" for k in keys)

@@ -88,13 +88,9 @@ def _percentile(st: TensorStats, percentile: float = 99.999) -> tuple[float, flo
 
 
 def _smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    zeros = p == 0
-    n_zero = int(zeros.sum())
-    n_nonzero = p.size - n_zero
-    if n_zero == 0 or n_nonzero == 0:
-        return p
-    eps1 = eps * n_zero / n_nonzero
-    return np.where(zeros, eps, p - eps1)
+    """A normalized distribution with empty bins given mass ``eps`` (no zero for the log)."""
+    q = np.where(p == 0, eps, p)
+    return q / q.sum()
 
 
 def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, float]:

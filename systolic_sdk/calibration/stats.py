@@ -240,7 +240,12 @@ class HistogramStats:
         e, lo_i, hi_i = self._layout(new_min, new_max)
         counts = self._rebin(e, lo_i, hi_i) if self.total else np.zeros(hi_i - lo_i + 1, np.int64)
         scale = values.dtype.type(math.ldexp(1.0, -e))
-        idx = np.floor(values.ravel() * scale).astype(np.int64)
+        flat = values.ravel()
+        scaled = flat * scale
+        idx = np.floor(scaled).astype(np.int64)
+        if e > 0 and vmin < 0.0:
+            # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
+            idx[(scaled == 0) & (flat < 0)] = -1
         idx -= lo_i
         counts += np.bincount(idx, minlength=counts.size)
         self.exponent, self.offset, self.counts = e, lo_i, counts

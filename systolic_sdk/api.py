@@ -299,7 +299,8 @@ def quantize(
                 f"tensor '{node.output[0]}' (output of node '{node.name}'): QLinearOps "
                 "needs its [zero_point, scale] in output_quantization_params"
             )
-    overrides = {**(inputs if static else {}), **outputs} if (static or qlinear) else {}
+    # IntegerOps outputs are float (int32 accumulators rescaled): output params do not apply.
+    overrides = {**(inputs if static else {}), **(outputs if qlinear else {})}
     check_overrides_fit_model(overrides, prepared, "quantization params")
     config.tensor_overrides = overrides
     return _quantize_checked(prepared, config, {})

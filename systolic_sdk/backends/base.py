@@ -1,0 +1,171 @@
+"""The Backend declaration: what a target accepts, its op rules, passes and hooks.
+
+A backend is data plus a few hooks. The quantization core reads these fields and
+never tests a backend's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from systolic_sdk.errors import QuantizationError, SdkError
+from systolic_sdk.quantization import params as _params
+from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.rules.base import OpRule
+from systolic_sdk.quantization.types import OutputForm, QuantType
+from systolic_sdk.quantization.warn import warn
+
+Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
+
+ALL_TYPES = frozenset(QuantType)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A quantization target.
+
+    Fields are data; the callables are hooks with defaults from ``quantization.params``.
+
+    - ``activation_params(rmin, rmax, qtype, symmetric, reduce_range) -> QuantParams``
+    - ``weight_params(w, qtype, per_channel, axis, symmetric, reduce_range) -> QuantParams``
+    - ``config_hook(backend, config) -> config``: backend-specific adaptation, run by
+      ``validate_config`` after the generic checks (warn and adapt, or raise when
+      ``config.strict``).
+    - ``runner(model, feeds) -> outputs``: executes a model quantized for this backend.
+    - ``lowering(model) -> model``: optional standard-ONNX lowering for comparison.
+    - ``verifier(model)``: the final check of a quantized model (raise on failure).
+    - ``pre_passes`` run on the prepared float model, ``post_passes`` on the rewritten one.
+    """
+
+    name: str
+    rules: Mapping[str, OpRule]
+    description: str = ""
+    activation_types: frozenset[QuantType] = ALL_TYPES
+    weight_types: frozenset[QuantType] = ALL_TYPES
+    forms: frozenset[OutputForm] = frozenset(OutputForm)
+    per_channel: bool = True
+    dynamic: bool = True
+    default_symmetric_activations: bool = False
+    #: ConvInteger may take one weight zero point per output channel (onnxruntime: no;
+    #: the rule then uses one uniform zero point, or per-tensor weights for that conv).
+    conv_integer_channel_zero_points: bool = True
+    #: Run onnx.checker.check_model(full_check=True) on every output model.
+    check_standard_onnx: bool = True
+    pre_passes: Sequence[Pass] = ()
+    post_passes: Sequence[Pass] = ()
+    activation_params: Callable[..., _params.QuantParams] = _params.activation_params
+    weight_params: Callable[..., _params.QuantParams] = _params.weight_params
+    config_hook: Callable[[Backend, QuantConfig], QuantConfig] | None = None
+    runner: Runner | None = None
+    lowering: Pass | None = None
+    verifier: Callable[[onnx.ModelProto], None] | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def validate_config(self, config: QuantConfig) -> QuantConfig:
+        """A copy of ``config`` this backend can honour (warn and adapt, or raise if strict)."""
+        cfg = dataclasses.replace(config)
+        if cfg.backend != self.name:
+            cfg = dataclasses.replace(cfg, backend=self.name)
+        if cfg.form not in self.forms:
+            names = ", ".join(sorted(f.value for f in self.forms))
+            raise QuantizationError(
+                f"backend '{self.name}' does not support the {cfg.form.value} form "
+                f"(supported: {names})"
+            )
+        if not cfg.static:
+            if not self.dynamic:
+                raise QuantizationError(f"backend '{self.name}' does not support dynamic mode")
+            if cfg.form != OutputForm.INTEGER:
+                cfg = adapt(
+                    cfg,
+                    "dynamic quantization computes activation parameters at run time with "
+                    f"DynamicQuantizeLinear, which only the integer form uses; using "
+                    f"form=integer instead of {cfg.form.value}",
+                    form=OutputForm.INTEGER,
+                )
+            if cfg.activation_type != QuantType.QUInt8:
+                cfg = adapt(
+                    cfg,
+                    "dynamic quantization produces uint8 activations (DynamicQuantizeLinear); "
+                    f"using QUInt8 instead of {cfg.activation_type}",
+                    activation_type=QuantType.QUInt8,
+                )
+        if cfg.activation_type not in self.activation_types:
+            cfg = adapt(
+                cfg,
+                f"backend '{self.name}' does not support {cfg.activation_type} activations; "
+                f"using {_first(self.activation_types)}",
+                activation_type=_first(self.activation_types),
+            )
+        if cfg.weight_type not in self.weight_types:
+            cfg = adapt(
+                cfg,
+                f"backend '{self.name}' does not support {cfg.weight_type} weights; "
+                f"using {_first(self.weight_types)}",
+                weight_type=_first(self.weight_types),
+            )
+        if cfg.per_channel and not self.per_channel:
+            cfg = adapt(
+                cfg,
+                f"backend '{self.name}' supports per-tensor weights only; ignoring per_channel",
+                per_channel=False,
+            )
+        if self.config_hook is not None:
+            cfg = self.config_hook(self, cfg)
+        return cfg
+
+    def run(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Execute ``model`` as this backend would."""
+        if self.runner is None:
+            raise SdkError(f"backend '{self.name}' cannot run models")
+        return self.runner(model, feeds)
+
+    def lower(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The standard-ONNX equivalent of a model quantized for this backend."""
+        if self.lowering is None:
+            return model
+        return self.lowering(model)
+
+    def verify(self, model: onnx.ModelProto) -> None:
+        """Raise QuantizationError if ``model`` is not a valid output for this backend."""
+        if self.check_standard_onnx:
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except Exception as exc:
+                raise QuantizationError(
+                    f"backend '{self.name}': the quantized model fails onnx.checker: "
+                    f"{_first_line(exc)}"
+                ) from None
+        if self.verifier is not None:
+            try:
+                self.verifier(model)
+            except SdkError:
+                raise
+            except Exception as exc:
+                raise QuantizationError(
+                    f"backend '{self.name}': the quantized model does not load: {_first_line(exc)}"
+                ) from None
+
+
+def adapt(config: QuantConfig, message: str, **changes) -> QuantConfig:
+    """Apply ``changes`` with a warning, or raise QuantizationError when config.strict."""
+    if config.strict:
+        raise QuantizationError(message.split(";")[0] + " (strict mode)")
+    warn(message)
+    return dataclasses.replace(config, **changes)
+
+
+def _first(types: frozenset) -> QuantType:
+    order = [QuantType.QInt8, QuantType.QUInt8, QuantType.QInt16, QuantType.QUInt16]
+    return next(t for t in order if t in types)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

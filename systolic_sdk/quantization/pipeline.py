@@ -1,0 +1,130 @@
+"""quantize_model and tensors_to_calibrate: the core's entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+
+import systolic_sdk
+from systolic_sdk.errors import QuantizationError
+from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.prepare import prepare_model
+from systolic_sdk.quantization.rewriter import RewriteContext, eligible_rule, walk
+from systolic_sdk.quantization.warn import warn
+
+#: extra_options keys (onnxruntime's names) the core honours.
+SUPPORTED_OPTIONS = frozenset(
+    {
+        "ActivationSymmetric",
+        "WeightSymmetric",
+        "ForceQuantizeNoInputCheck",
+        "MatMulConstBOnly",
+    }
+)
+#: onnxruntime keys handled elsewhere (calibration, the public APIs) or without effect
+#: on this quantizer's output; accepted silently.
+OTHER_KNOWN_OPTIONS = frozenset(
+    {
+        "CalibTensorRangeSymmetric",
+        "CalibMovingAverage",
+        "CalibMovingAverageConstant",
+        "CalibMaxIntermediateOutputs",
+        "CalibStridedMinMax",
+        "CalibPercentile",
+        "CalibNumBins",
+        "CalibNumQuantizedBins",
+        "SmoothQuant",
+        "SmoothQuantAlpha",
+        "SmoothQuantFolding",
+        "EnableSubgraph",
+        "DedicatedQDQPair",
+        "QuantizeBias",
+        "UseQDQContribOps",
+        "MinimumRealRange",
+        "TensorQuantOverrides",
+        "AddQDQPairToWeight",
+        "OpTypesToExcludeOutputQuantization",
+        "QDQKeepRemovableActivations",
+        "QDQDisableWeightAdjustForInt32Bias",
+        "QDQOpTypePerChannelSupportToAxis",
+    }
+)
+
+METADATA_BACKEND = "systolic_sdk.backend"
+METADATA_VERSION = "systolic_sdk.version"
+
+
+def _backend(config: QuantConfig):
+    from systolic_sdk.backends import get_backend
+
+    return get_backend(config.backend)
+
+
+def _check_options(config: QuantConfig) -> None:
+    for key in config.extra_options:
+        if key not in SUPPORTED_OPTIONS and key not in OTHER_KNOWN_OPTIONS:
+            warn(f"extra option '{key}' is not known to the quantizer; ignored")
+
+
+def quantize_model(
+    model: onnx.ModelProto,
+    config: QuantConfig,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> onnx.ModelProto:
+    """Quantize ``model`` (not modified) for ``config.backend`` and return the new model.
+
+    Static mode needs a range (or a tensor override) for every activation it quantizes
+    (``tensors_to_calibrate`` lists them); dynamic mode computes activation parameters
+    at run time. The result passes the backend's final check, else QuantizationError.
+    """
+    backend = _backend(config)
+    config = backend.validate_config(config)
+    _check_options(config)
+    prepared = prepare_model(model, config)
+    for p in backend.pre_passes:
+        prepared = p(prepared)
+    ctx = RewriteContext(prepared, config, backend, ranges if config.static else None)
+    out = walk(ctx)
+    for p in backend.post_passes:
+        out = p(out)
+    props = {
+        METADATA_BACKEND: backend.name,
+        METADATA_VERSION: systolic_sdk.__version__,
+        **dict(backend.metadata),
+    }
+    keep = [m for m in out.metadata_props if m.key not in props]
+    del out.metadata_props[:]
+    out.metadata_props.extend(keep)
+    onnx.helper.set_model_props(out, {**{m.key: m.value for m in keep}, **props})
+    backend.verify(out)
+    return out
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
+    """The float activations a static quantization of ``model`` may need ranges for.
+
+    These are the inputs and outputs of every node the walk may quantize, in graph
+    order. Tensor names are those of ``prepare_model(model, config)`` (the same as the
+    input model's unless an opset upgrade had to add nodes), so calibrate the prepared
+    model when the opset is below 10.
+    """
+    backend = _backend(config)
+    config = backend.validate_config(config)
+    if not config.static:
+        return []
+    prepared = prepare_model(model, config)
+    for p in backend.pre_passes:
+        prepared = p(prepared)
+    ctx = RewriteContext(prepared, config, backend, None)
+    names: dict[str, None] = {}
+    for node in prepared.graph.node:
+        rule = eligible_rule(ctx, node)
+        if rule is None:
+            continue
+        for name in rule.activation_tensors(node, ctx):
+            names[name] = None
+    return list(names)
+
+
+__all__ = ["QuantizationError", "prepare_model", "quantize_model", "tensors_to_calibrate"]

@@ -1,0 +1,96 @@
+"""Relu and Clip after a quantized producer.
+
+Ranges: before the walk, a Relu/Clip whose input has no other reader (and is not a
+graph output) gives its output range to its input, as onnxruntime does, so the
+producer quantizes straight into the activation's range.
+
+Rewrite (the output keeps the input's scale and zero point): quantization is monotone,
+so ``Q(clip(x, lo, hi)) == clip(Q(x), Q(lo), Q(hi))`` exactly. When the integer bounds
+are already the type's saturation limits (a Relu on a tensor whose zero point is the
+type minimum), the op is dropped and its output aliases the input. Otherwise QOperator
+emits an integer Clip (opset >= 12) and QDQ emits DQ -> op -> Q with the same params.
+The op stays float when its input is not quantized (unless ForceQuantizeNoInputCheck).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from runtime_emulator import datapath
+from systolic_sdk.quantization.params import QuantParams
+from systolic_sdk.quantization.rules.base import LINEAR_FORMS, OpRule, attr_value
+from systolic_sdk.quantization.types import OutputForm
+
+INT_CLIP_OPSET = 12
+
+
+class ActivationRule(OpRule):
+    op_types = ("Relu", "Clip")
+    forms = LINEAR_FORMS
+
+    def adjust_ranges(self, node: onnx.NodeProto, ctx) -> None:
+        x, y = node.input[0], node.output[0]
+        if x in ctx.graph_outputs or x in ctx.config.tensor_overrides:
+            return
+        if len(ctx.consumers.get(x, [])) != 1 or x not in ctx.producer_names:
+            return
+        if y in ctx.ranges:
+            ctx.ranges[x] = ctx.ranges[y]
+
+    def bounds(self, node: onnx.NodeProto, ctx) -> tuple[float | None, float | None] | None:
+        """The real (lo, hi) of the activation; None when not constant."""
+        if node.op_type == "Relu":
+            return 0.0, None
+        if ctx.opset < 11:
+            return attr_value(node, "min", None), attr_value(node, "max", None)
+        out = []
+        for i in (1, 2):
+            name = node.input[i] if len(node.input) > i else ""
+            if not name:
+                out.append(None)
+            elif ctx.is_constant(name):
+                out.append(float(np.asarray(ctx.constant(name)).reshape(())))
+            else:
+                return None
+        return out[0], out[1]
+
+    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not ctx.static or not ctx.is_activation(x):
+            return False
+        state = ctx.edge(x)
+        if state is None and not ctx.force_quantize:
+            return False
+        bounds = self.bounds(node, ctx)
+        if bounds is None:
+            return False
+        p = state.params if state is not None else ctx.activation_params(x)
+        if p is None or p.per_channel:
+            return False
+        lo_q, hi_q = (None if v is None else _quantize_scalar(v, p) for v in bounds)
+        tmin, tmax = datapath.qrange(p.qtype.np_dtype)
+        state = ctx.quantized_activation(x)
+        if (lo_q is None or lo_q <= tmin) and (hi_q is None or hi_q >= tmax):
+            ctx.alias_quantized(y, state)
+            return True
+        if ctx.form == OutputForm.QDQ:
+            ctx.emit_qdq(node, [ctx.dequantized(state)] + list(node.input[1:]), [p])
+            return True
+        if ctx.opset < INT_CLIP_OPSET:
+            return False
+        dtype = p.qtype.np_dtype
+        lo_name = ctx.add_initializer(
+            f"{y}_min", np.array(lo_q if lo_q is not None else tmin, dtype)
+        )
+        hi_name = ctx.add_initializer(
+            f"{y}_max", np.array(hi_q if hi_q is not None else tmax, dtype)
+        )
+        yq = ctx.fresh(f"{y}_quantized")
+        ctx.add_node("Clip", [state.q_name, lo_name, hi_name], [yq], name=node.name, inserted=False)
+        ctx.declare_quantized(y, yq, p, state.scale_name, state.zp_name)
+        return True
+
+
+def _quantize_scalar(v: float, p: QuantParams) -> int:
+    return int(datapath.quantize_linear(np.float32(v), p.scale, p.zero_point, p.qtype.np_dtype))

@@ -1,0 +1,69 @@
+"""The op-rule contract and helpers shared by the rules.
+
+A rule rewrites one node of the walk in one output form, or declines (returns False
+without emitting anything) and the walk leaves the node float. Rules check everything
+they need before emitting a node, so that declining never leaves partial output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import onnx
+
+from systolic_sdk.quantization.types import OutputForm
+
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.rewriter import RewriteContext
+    from systolic_sdk.quantization.state import EdgeState
+
+ALL_FORMS = frozenset(OutputForm)
+LINEAR_FORMS = frozenset({OutputForm.QOPERATOR, OutputForm.QDQ})
+
+
+class OpRule:
+    """How one op family is quantized. Subclasses set ``op_types`` and ``forms``."""
+
+    op_types: tuple[str, ...] = ()
+    forms: frozenset[OutputForm] = LINEAR_FORMS
+
+    def supports(self, node: onnx.NodeProto, form: OutputForm) -> bool:
+        """Whether this rule may rewrite ``node`` in ``form`` at all (a cheap, static check)."""
+        return form in self.forms
+
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
+        """The float activations whose ranges a static rewrite of ``node`` may need."""
+        names = [n for n in node.input[:1] if n] + [n for n in node.output[:1] if n]
+        return [n for n in names if ctx.is_activation(n)]
+
+    def adjust_ranges(self, node: onnx.NodeProto, ctx: RewriteContext) -> None:
+        """Optionally narrow calibrated ranges before the walk (default: nothing)."""
+
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
+        """Rewrite ``node`` in ``ctx.form``; False (emitting nothing) to leave it float."""
+        raise NotImplementedError
+
+
+def qop_inputs(state: EdgeState) -> list[str]:
+    """The (tensor, scale, zero point) triple a QLinear* op takes for one input."""
+    return [state.q_name, state.scale_name, state.zp_name]
+
+
+def copy_attrs(node: onnx.NodeProto, skip: Sequence[str] = ()) -> list[onnx.AttributeProto]:
+    """The node's attributes (copies), except the names in ``skip``."""
+    out = []
+    for attr in node.attribute:
+        if attr.name not in skip:
+            new = onnx.AttributeProto()
+            new.CopyFrom(attr)
+            out.append(new)
+    return out
+
+
+def attr_value(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's Python value, or ``default`` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default

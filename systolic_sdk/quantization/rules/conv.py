@@ -1,0 +1,97 @@
+"""Conv: QLinearConv (QOperator), DQ/Conv/Q (QDQ), ConvInteger (IntegerOps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from systolic_sdk.quantization.params import quantize_bias
+from systolic_sdk.quantization.rules.base import ALL_FORMS, OpRule, copy_attrs, qop_inputs
+from systolic_sdk.quantization.rules.integer import scaled_integer_output
+from systolic_sdk.quantization.types import OutputForm
+
+#: Conv weights [M, C/group, k...] are quantized per output channel: axis 0.
+WEIGHT_AXIS = 0
+
+
+class ConvRule(OpRule):
+    op_types = ("Conv",)
+    forms = ALL_FORMS
+
+    def activation_tensors(self, node, ctx):
+        names = [node.input[0]]
+        if ctx.form != OutputForm.INTEGER:
+            names.append(node.output[0])
+        return [n for n in names if ctx.is_activation(n)]
+
+    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        y = node.output[0]
+        if not ctx.is_activation(x) or not ctx.is_constant(w) or not ctx.is_float(w):
+            return False
+        if ctx.constant(w).ndim < 3 or (b is not None and not ctx.is_constant(b)):
+            return False
+        xp = ctx.input_params(x)
+        if xp is not None and xp.per_channel:
+            return False
+        wp = ctx.weight_params(w, ctx.config.per_channel, WEIGHT_AXIS)
+        if ctx.form == OutputForm.INTEGER:
+            zps = wp.zero_point.reshape(-1)
+            uniform = bool(np.all(zps == zps[0])) if zps.size else True
+            if not uniform and not ctx.backend.conv_integer_channel_zero_points:
+                wp = ctx.weight_params(w, False, WEIGHT_AXIS)
+            xs = ctx.quantized_activation(x)
+            ws = ctx.quantized_constant(w, wp)
+            w_zp = ws.zp_name
+            if wp.per_channel and uniform:
+                w_zp = ctx.add_initializer(f"{w}_zero_point_scalar", zps[:1].reshape(()))
+            acc = ctx.fresh(f"{y}_int32")
+            ctx.add_node(
+                "ConvInteger",
+                [xs.q_name, ws.q_name, xs.zp_name, w_zp],
+                [acc],
+                name=node.name,
+                attributes=copy_attrs(node),
+                inserted=False,
+            )
+            ndim = ctx.constant(w).ndim
+            bias = ctx.constant(b) if b is not None else None
+            channel_shape = (-1,) + (1,) * (ndim - 2)
+            scaled_integer_output(ctx, acc, xs, wp, channel_shape, bias, y)
+            return True
+        if xp is None:
+            return False
+        yp = ctx.activation_params(y)
+        if yp.per_channel:
+            return False
+        qbias = None
+        if b is not None and (ctx.form == OutputForm.QOPERATOR or ctx.config.quantize_bias):
+            qbias = quantize_bias(ctx.constant(b), xp.scale, wp, name=b)
+            wp = qbias.weight_params
+        xs = ctx.quantized_activation(x)
+        ws = ctx.quantized_constant(w, wp)
+        if ctx.form == OutputForm.QOPERATOR:
+            inputs = qop_inputs(xs) + qop_inputs(ws)
+            ys, yz = ctx.params_initializers(y, yp)
+            inputs += [ys, yz]
+            if qbias is not None:
+                inputs.append(ctx.add_initializer(f"{b}_quantized", qbias.values))
+            yq = ctx.fresh(f"{y}_quantized")
+            ctx.add_node(
+                "QLinearConv",
+                inputs,
+                [yq],
+                name=node.name,
+                attributes=copy_attrs(node),
+                inserted=False,
+            )
+            ctx.declare_quantized(y, yq, yp, ys, yz)
+            return True
+        inputs = [ctx.dequantized(xs), ctx.dequantized(ws)]
+        if qbias is not None:
+            inputs.append(ctx.bias_dequantized(b, qbias.values, qbias.scale, 0))
+        elif b is not None:
+            inputs.append(b)
+        ctx.emit_qdq(node, inputs, [yp])
+        return True

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from runtime_emulator.array import ArrayConfig
+from runtime_emulator.array import ArrayConfig, LayerStats, record_stats
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN, TARGETS, KernelContext, lookup
 from systolic_sdk.errors import SdkError
 from systolic_sdk.graph.io import load_model
@@ -352,6 +352,7 @@ class Executor:
                     target=self.target,
                     node_name=node.name or node.op_type,
                     opset=self.opsets.get(domain, self.opsets.get("", 13)),
+                    extra={"array": self.config},
                 )
                 self._plans.append(("kernel", kernel, attrs, ctx))
             else:
@@ -460,6 +461,18 @@ class Executor:
             if name not in env:
                 raise ExecutionError(f"graph output '{name}' is produced by no node")
 
+    def layer_stats(
+        self, feeds: Mapping[str, Any], *, observed: bool = False
+    ) -> tuple[dict[str, np.ndarray], list[LayerStats]]:
+        """Run once; the outputs and the array statistics of every accelerator layer
+        (``observed``: accumulator bounds from the inputs' actual range)."""
+        stats = []
+        for rec in self.iter_nodes(feeds):
+            st = record_stats(rec, self.config, observed=observed)
+            if st is not None:
+                stats.append(st)
+        return {name: self.last_env[name] for name in self.output_names}, stats
+
     def run(self, feeds: Mapping[str, Any], *, trace: bool = False) -> dict[str, np.ndarray]:
         """The graph outputs by name; with ``trace`` every tensor (inputs, intermediates,
         outputs and initializers excluded) by name."""
@@ -510,6 +523,7 @@ def run(
     reference (onnxruntime, or onnx.reference when onnxruntime cannot run it). With
     ``trace=True`` every tensor is returned: graph inputs, intermediates, outputs.
     ``target`` ("systolic" or "cpu") selects the meaning of com.microsoft QLinearAdd;
-    when None it is read from the model (see :func:`resolve_target`).
+    when None it is read from the model (see :func:`resolve_target`). ``config`` is the
+    :class:`ArrayConfig` handed to the kernels (``ctx.extra["array"]``).
     """
     return Executor(model, target=target, config=config).run(feeds, trace=trace)

@@ -410,3 +410,22 @@ def test_digits_int8_bit_exact_with_onnxruntime(kernels: None, digits_int8, digi
     # The quantized model still classifies the real digits.
     labels = digits_test[1][:256]
     assert (got.argmax(1) == labels).mean() > 0.9
+
+
+def test_layer_stats_of_a_run(kernels: None, digits_int8, digits_test) -> None:
+    from runtime_emulator.array import ArrayConfig
+
+    x = digits_test[0][:4]
+    execu = ex.Executor(str(digits_int8), config=ArrayConfig(dim=8))
+    outputs, stats = execu.layer_stats({"input": x})
+    convs = [n for n in execu.nodes if n.op_type == "QLinearConv"]
+    assert [s.name for s in stats] == [n.name for n in convs]
+    first = stats[0]  # conv1: 1 -> 8 channels, 3x3, on 28x28 (same padding)
+    assert first.input_shape == (4, 1, 28, 28)
+    assert (first.I, first.K) == (4 * 28 * 28, 9)
+    assert first.tiles == (4 * 28 * 28 // 8) * 1 * 2
+    _, observed = execu.layer_stats({"input": x}, observed=True)
+    for full, seen in zip(stats, observed, strict=True):
+        assert seen.x_absmax <= full.x_absmax == 128
+        assert seen.acc_bound <= full.acc_bound
+    np.testing.assert_array_equal(outputs["logits"], execu.run({"input": x})["logits"])

@@ -139,7 +139,8 @@ def requant_multiplier(
 def scale_accumulator(acc: np.ndarray, multiplier: np.ndarray | float) -> np.ndarray:
     """``f32(f32(acc) * M)``: int32 to float32 (dropping low bits past 2**24), one multiply."""
     acc_f = np.asarray(acc, dtype=np.int32).astype(F32)
-    return np.multiply(acc_f, np.asarray(multiplier, dtype=F32), dtype=F32)
+    with np.errstate(over="ignore"):
+        return np.multiply(acc_f, np.asarray(multiplier, dtype=F32), dtype=F32)
 
 
 def requantize(
@@ -149,15 +150,28 @@ def requantize(
     zero_point: np.ndarray | int = 0,
     relu: bool = False,
 ) -> np.ndarray:
-    """Accumulator to output: ``sat(rne(f32(f32(acc) * M)) + zp)``, then fused ReLU."""
+    """Accumulator to output: ``sat(rne(f32(f32(acc) * M)) + zp)``, then fused ReLU.
+
+    (Adding the zero point to the rounded float is exact below 2**24; above, the value
+    saturates either way.)
+    """
     lo, hi = qrange(dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        v = rne(scale_accumulator(acc, multiplier))
-    # Saturate in float first so infinities (huge M) cannot overflow the int64 cast.
-    v = np.nan_to_num(np.clip(v, lo - 2.0**32, hi + 2.0**32), nan=0.0)
-    y = saturate(v.astype(np.int64) + np.asarray(zero_point, np.int64), dtype)
+    m = np.asarray(multiplier, dtype=F32)
+    zp = np.asarray(zero_point)
+    v = scale_accumulator(acc, m)
+    if not np.all(np.isfinite(m)):
+        # NaN or infinite multipliers: saturate in float, map NaN to 0 before the cast.
+        with np.errstate(invalid="ignore"):
+            v = np.nan_to_num(np.clip(rne(v), lo - 2.0**32, hi + 2.0**32), nan=0.0)
+        y = saturate(v.astype(np.int64) + zp.astype(np.int64), dtype)
+    else:
+        np.rint(v, out=v)
+        if np.any(zp != 0):
+            v = np.add(v, zp.astype(F32), dtype=F32)
+        np.clip(v, lo, hi, out=v)
+        y = v.astype(dtype)
     if relu:
-        y = np.maximum(y, np.asarray(zero_point).astype(y.dtype))
+        y = np.maximum(y, zp.astype(y.dtype))
     return y
 
 
@@ -245,18 +259,35 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     b = np.asarray(b)
     dtype, chunk = gemm_plan(a.shape[-1], _absmax(a), _absmax(b))
-    return _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
+    acc = _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
+    return acc.astype(np.int64, copy=False)
 
 
 def _chunked_matmul(a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    """``a @ b`` with K split in chunks of exact partial sums.
+
+    float32 results (at most two chunks of at most 2**24 each) come back as int32, which
+    cannot overflow; float64 and int64 results as int64.
+    """
     k = a.shape[-1]
+    small = a.dtype == np.float32
+    out_t = np.int32 if small else np.int64
     if k <= chunk:
-        return np.matmul(a, b).astype(np.int64)
+        return np.matmul(a, b).astype(out_t)
     out = None
     for k0 in range(0, k, chunk):
-        part = np.matmul(a[..., k0 : k0 + chunk], b[..., k0 : k0 + chunk, :]).astype(np.int64)
+        part = np.matmul(a[..., k0 : k0 + chunk], b[..., k0 : k0 + chunk, :]).astype(out_t)
         out = part if out is None else out + part
     return out
+
+
+def int_matmul_wrap32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``a @ b`` reduced modulo 2**32 into int32 (the hardware accumulator)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    dtype, chunk = gemm_plan(a.shape[-1], _absmax(a), _absmax(b))
+    acc = _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
+    return acc if acc.dtype == np.int32 else wrap32(acc)
 
 
 def int_matmul_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -319,6 +350,78 @@ def _windows(
     return v[sl]
 
 
+def _conv_core(
+    x: np.ndarray,
+    w: np.ndarray,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
+    """Exact convolution sums as int32 (bounded, from float32 BLAS) or int64."""
+    n_batch, c = x.shape[:2]
+    m = w.shape[0]
+    kernel = list(w.shape[2:])
+    nsp = len(kernel)
+    cg, mg = c // group, m // group
+    taps = int(np.prod(kernel)) if kernel else 1
+    dtype, chunk = gemm_plan(cg * taps, _absmax(x), _absmax(w))
+    sizes = list(x.shape[2:])
+    outs = [
+        conv_output_size(sizes[i], kernel[i], strides[i], dilations[i], pads[i] + pads[i + nsp])
+        for i in range(nsp)
+    ]
+    npix = int(np.prod(outs)) if outs else 1
+    tap_list = list(np.ndindex(*kernel))
+
+    def tap_slices(t: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(
+            slice(t[i] * dilations[i], t[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1,
+                  strides[i])
+            for i in range(nsp)
+        )  # fmt: skip
+
+    if cg == 1 and dtype != np.int64:
+        # Depthwise-like (one input channel per group): a loop over the kernel taps,
+        # each a vectorized multiply-add over every output. Sums of <= taps products.
+        xp = np.zeros([n_batch, c] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)],
+                      dtype=dtype)  # fmt: skip
+        xp[
+            (slice(None), slice(None))
+            + tuple(slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))
+        ] = x
+        wf = w.astype(dtype).reshape(group, mg, taps)
+        acc = np.zeros((n_batch, group, mg, *outs), dtype=dtype)
+        tmp = np.empty((n_batch, group, *outs), dtype=dtype)
+        bshape = (1, group) + (1,) * nsp
+        for ti, t in enumerate(tap_list):
+            xs = xp[(slice(None), slice(None)) + tap_slices(t)]
+            for j in range(mg):
+                np.multiply(xs, wf[:, j, ti].reshape(bshape), out=tmp)
+                acc[:, :, j] += tmp
+        acc = acc.reshape(n_batch, m, *outs)
+        return acc.astype(np.int32 if dtype == np.float32 else np.int64)
+    # im2col as cols[(channel, tap), (n, pixel)] built from one strided copy per tap,
+    # then per group acc[oc, (n, pixel)] = w[oc, (channel, tap)] @ cols.
+    xp = np.zeros([c, n_batch] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)],
+                  dtype=dtype)  # fmt: skip
+    interior = (slice(None), slice(None))
+    interior += tuple(slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))
+    xp[interior] = np.moveaxis(x, 1, 0)
+    out_t = np.int32 if dtype == np.float32 else np.int64
+    acc = np.empty((n_batch, m, npix), dtype=out_t)
+    for g in range(group):
+        cols = np.empty((cg, taps, n_batch, *outs), dtype=dtype)
+        for ti, t in enumerate(tap_list):
+            cols[:, ti] = xp[(slice(g * cg, (g + 1) * cg), slice(None)) + tap_slices(t)]
+        cols = cols.reshape(cg * taps, n_batch * npix)
+        wmat = w[g * mg : (g + 1) * mg].reshape(mg, cg * taps).astype(dtype)
+        # (Mg, K) @ (K, N*P), K chunked so every partial sum is exact.
+        part = _chunked_matmul(wmat, cols, chunk).reshape(mg, n_batch, npix)
+        acc[:, g * mg : (g + 1) * mg] = part.transpose(1, 0, 2)
+    return acc.reshape(n_batch, m, *outs)
+
+
 def conv_accumulate(
     x: np.ndarray,
     w: np.ndarray,
@@ -331,37 +434,37 @@ def conv_accumulate(
     """Exact integer N-D convolution (NC... input, OI... weights) as int64, no bias.
 
     ``x`` and ``w`` hold zero-point-corrected integers; padding contributes 0. Runs as
-    im2col plus an exact GEMM per group (groups batched), or, for depthwise-like convs
-    (one input channel per group), as a loop over the kernel taps.
+    im2col plus an exact GEMM per group (float BLAS with K chunked, see
+    :func:`gemm_plan`), or, for depthwise-like convs (one input channel per group), as a
+    loop over the kernel taps. Identical to :func:`conv_accumulate_reference`.
     """
-    n_batch, c = x.shape[:2]
-    m = w.shape[0]
-    kernel = list(w.shape[2:])
-    cg, mg = c // group, m // group
-    ktaps = int(np.prod(kernel)) if kernel else 1
-    dtype, chunk = gemm_plan(cg * ktaps, _absmax(x), _absmax(w))
-    xp = _pad_spatial(x, pads, 0)
-    win = _windows(xp, kernel, strides, dilations)  # (N, C, *O, *K)
-    out_sp = list(win.shape[2 : 2 + len(kernel)])
-    npix = int(np.prod(out_sp)) if out_sp else 1
-    nsp = len(kernel)
-    wg = w.reshape(group, mg, cg * ktaps)
-    if cg == 1 and dtype != np.int64:
-        # Depthwise-like: acc[n, g, m, o] = sum_t x[n, g, o, t] * w[g, m, t].
-        xw = np.ascontiguousarray(win).reshape(n_batch, group, 1, npix, ktaps)
-        wt = wg.astype(dtype).reshape(1, group, mg, 1, ktaps)
-        acc = np.zeros((n_batch, group, mg, npix), dtype=dtype)
-        for t in range(ktaps):
-            acc += xw[..., t].astype(dtype) * wt[..., t]
-        return acc.astype(np.int64).reshape(n_batch, m, *out_sp)
-    # cols: (G, N * pixels, Cg * taps), in the order of w's (Cg, *kernel) flattening.
-    v = win.reshape(n_batch, group, cg, *out_sp, *kernel)
-    perm = [1, 0] + list(range(3, 3 + nsp)) + [2] + list(range(3 + nsp, 3 + 2 * nsp))
-    cols = v.transpose(perm).astype(dtype).reshape(group, n_batch * npix, cg * ktaps)
-    wmat = wg.transpose(0, 2, 1).astype(dtype)  # (G, Cg*taps, Mg)
-    acc = _chunked_matmul(cols, wmat, chunk)  # (G, N*pix, Mg)
-    acc = acc.reshape(group, n_batch, npix, mg).transpose(1, 0, 3, 2)
-    return acc.reshape(n_batch, m, *out_sp)
+    return _conv_core(x, w, strides, pads, dilations, group).astype(np.int64, copy=False)
+
+
+def conv_accumulate_wrap32(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
+    """``wrap32(bias[oc] + conv(x, w))``: the int32 accumulator of the hardware."""
+    acc = _conv_core(x, w, strides, pads, dilations, group)
+    if acc.dtype != np.int32:
+        acc = wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
+        return acc
+    if bias is not None:
+        # int32 + int32 in NumPy wraps modulo 2**32, as the hardware adder does.
+        with np.errstate(over="ignore"):
+            acc = np.add(acc, _bias_shape(bias, acc).astype(np.int32), dtype=np.int32)
+    return acc
+
+
+def _bias_shape(bias: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    return np.asarray(bias).reshape((acc.shape[1],) + (1,) * (acc.ndim - 2))
 
 
 def conv_accumulate_reference(

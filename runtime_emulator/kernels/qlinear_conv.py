@@ -41,8 +41,10 @@ def conv_integer_core(
     w_zp: np.ndarray,
     attrs: dict[str, Any],
     ctx: KernelContext,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The exact int64 accumulator of an NC... integer convolution (zero points removed)."""
+    """The int32 accumulator ``wrap32(bias + sum (x - x_zp) * (w - w_zp))`` of an NC...
+    integer convolution."""
     if x.ndim < 3 or w.ndim != x.ndim:
         raise fail(ctx, f"x {list(x.shape)} and w {list(w.shape)} must be N-D with equal rank")
     spatial = list(x.shape[2:])
@@ -62,9 +64,10 @@ def conv_integer_core(
         ):
             raise fail(ctx, f"the kernel does not fit the padded input along spatial axis {i}")
     wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
-    return dp.conv_accumulate(
+    return dp.conv_accumulate_wrap32(
         _centered(x, x_zp),
         _centered(w, wz),
+        bias,
         strides=strides,
         pads=pads,
         dilations=dilations,
@@ -97,18 +100,14 @@ def qlinear_conv_nchw(
     x_scale = per_tensor(x_scale, "x_scale", ctx)
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     w_scale = per_channel(w_scale, m, "w_scale", ctx)
-    acc = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx)
-    if bias is not None:
-        if bias.dtype != np.int32 or bias.shape != (m,):
-            raise fail(
-                ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}"
-            )
-        acc = acc + bias.astype(np.int64).reshape((m,) + (1,) * (acc.ndim - 2))
+    if bias is not None and (bias.dtype != np.int32 or bias.shape != (m,)):
+        raise fail(ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}")
+    acc = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx, bias)
     mult = dp.requant_multiplier(x_scale, w_scale, y_scale)
     if mult.ndim == 1:
         mult = mult.reshape((m,) + (1,) * (acc.ndim - 2))
     relu = bool(attrs.get("relu", 0))
-    return dp.requantize(dp.wrap32(acc), mult, y_dtype, y_zp, relu=relu)
+    return dp.requantize(acc, mult, y_dtype, y_zp, relu=relu)
 
 
 @register("QLinearConv")
@@ -134,4 +133,4 @@ def conv_integer(
     w_zp = per_channel(
         zero_point_or_default(w_zp, w, "w_zero_point", ctx), w.shape[0], "w_zero_point", ctx
     )
-    return [dp.wrap32(conv_integer_core(x, x_zp, w, w_zp, attrs, ctx))]
+    return [conv_integer_core(x, x_zp, w, w_zp, attrs, ctx)]

@@ -114,7 +114,7 @@ def qlinear_matmul(
     a_scale = per_tensor(a_scale, "a_scale", ctx)
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     b_scale = _column_param(b_scale, b2, "b_scale", ctx)
-    acc = dp.wrap32(dp.int_matmul(_centered(a2, a_zp), _centered(b2, b_zp)))
+    acc = dp.int_matmul_wrap32(_centered(a2, a_zp), _centered(b2, b_zp))
     scale_dtype = np.result_type(a_scale, b_scale, y_scale)
     if scale_dtype == np.float16:
         # Float16 scales (opset 21): the multiplier is formed in float16 arithmetic.
@@ -142,5 +142,5 @@ def matmul_integer(
     b_zp = _column_param(
         zero_point_or_default(b_zp, b, "b_zero_point", ctx), b2, "b_zero_point", ctx
     )
-    acc = dp.wrap32(dp.int_matmul(_centered(a2, a_zp), _centered(b2, b_zp)))
+    acc = dp.int_matmul_wrap32(_centered(a2, a_zp), _centered(b2, b_zp))
     return [_squeeze(acc, a, b)]

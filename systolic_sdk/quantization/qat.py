@@ -47,8 +47,9 @@ def has_fake_quant(model: onnx.ModelProto) -> bool:
 def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> StrippedModel:
     """Remove fake-quant Q/DQ nodes; return the float model and the per-tensor overrides.
 
-    - ``x -> QuantizeLinear -> DequantizeLinear -> y``: ``y`` is replaced by ``x``; ``x``
-      gets the pair's scale and zero point.
+    - ``x -> QuantizeLinear -> DequantizeLinear -> y``: the pair is removed and the tensor
+      gets the pair's scale and zero point. It keeps the name ``y`` (the name a quantizer
+      left on the original tensor) when only the pair read ``x``, else the name ``x``.
     - ``integer constant -> DequantizeLinear -> y``: ``y`` becomes a float initializer
       (dequantized exactly); 8/16-bit constants (weights) get an override, 32-bit ones
       (biases) do not (the quantizer derives the bias scale).
@@ -68,11 +69,13 @@ def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> Str
     for n in graph.node:
         for i in dict.fromkeys(i for i in n.input if i):
             users.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in graph.output}
     result = StrippedModel(out)
     remove: set[int] = set()
-    rename: dict[str, str] = {}
     new_inits: list[onnx.TensorProto] = []
-    clamps: list[tuple[str, str, np.float32]] = []  # (x, clamp output, upper bound)
+    added: list[onnx.NodeProto] = []
+    alias: dict[str, str] = {}  # tensor name -> the name that replaces it
+    pairs: dict[int, tuple[onnx.NodeProto, list[onnx.NodeProto]]] = {}
     for node in graph.node:
         if not _is_dq(node):
             continue
@@ -82,7 +85,7 @@ def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> Str
         src_node = producer.get(src)
         if src_node is not None and _is_q(src_node):
             q_name = src_node.name or src_node.output[0]
-            q_scale, q_zp, q_axis = _params(src_node, consts, q_name)
+            q_scale, q_zp, _ = _params(src_node, consts, q_name)
             if not (_same(scale, q_scale) and _same(zp, q_zp)):
                 raise QuantizationError(
                     f"node '{name}': DequantizeLinear scale/zero point differ from those of "
@@ -95,25 +98,7 @@ def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> Str
                     f"'{stray[0].name or stray[0].op_type}' ({stray[0].op_type}); not a "
                     "fake-quant pair"
                 )
-            x = src_node.input[0]
-            _add_override(result.overrides, x, _override(scale, zp, axis, x))
-            remove.update((id(node), id(src_node)))
-            target = x
-            if (
-                restore_clamps
-                and x in producer
-                and zp.size == 1
-                and int(zp.reshape(-1)[0]) == _qmin(zp.dtype)
-                and not _non_negative(x, producer, consts)
-            ):
-                target = f"{node.output[0]}_clamped"
-                hi = np.float32(
-                    np.float32(_qmax(zp.dtype) - _qmin(zp.dtype)) * scale.reshape(-1)[0]
-                )
-                clamps.append((x, target, hi))
-                _add_override(result.overrides, target, result.overrides[x])
-            rename[node.output[0]] = target
-            result.pairs += 1
+            pairs.setdefault(id(src_node), (src_node, []))[1].append(node)
         elif src in consts and consts[src].dtype.kind in "iu":
             q = consts[src]
             values = dequantize_linear(q, scale, zp, axis if scale.size > 1 else None)
@@ -131,55 +116,79 @@ def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> Str
                 "output nor a constant; not a fake-quant model"
             )
     for node in graph.node:
-        if _is_q(node) and id(node) not in remove:
+        if _is_q(node) and id(node) not in pairs:
             raise QuantizationError(
                 f"node '{node.name or node.output[0]}': QuantizeLinear without a "
                 "DequantizeLinear partner; not a fake-quant model"
             )
+    for q_node, dq_nodes in pairs.values():
+        scale, zp, axis = _params(q_node, consts, q_node.name or q_node.output[0])
+        x, d0 = q_node.input[0], dq_nodes[0].output[0]
+        ov = _override(scale, zp, axis, x)
+        remove.add(id(q_node))
+        remove.update(id(d) for d in dq_nodes)
+        result.pairs += len(dq_nodes)
+        if (
+            restore_clamps
+            and x in producer
+            and zp.size == 1
+            and int(zp.reshape(-1)[0]) == _qmin(zp.dtype)
+            and not _non_negative(x, producer, consts)
+        ):
+            hi = np.float32(np.float32(_qmax(zp.dtype) - _qmin(zp.dtype)) * scale.reshape(-1)[0])
+            lo_name, hi_name = f"{d0}_clip_min", f"{d0}_clip_max"
+            new_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo_name))
+            new_inits.append(numpy_helper.from_array(np.array(hi, np.float32), hi_name))
+            added.append(helper.make_node("Clip", [x, lo_name, hi_name], [d0], name=f"{d0}_clip"))
+            _add_override(result.overrides, x, ov)
+            _add_override(result.overrides, d0, ov)
+            target = d0
+        elif x in producer and x not in graph_outputs and users.get(x) == [q_node]:
+            alias[x] = d0  # x only fed this pair: its producer takes the pair's output name
+            _add_override(result.overrides, d0, ov)
+            target = d0
+        else:
+            _add_override(result.overrides, x, ov)
+            target = x
+        for d in dq_nodes:
+            if d.output[0] != target:
+                alias[d.output[0]] = target
     if not remove:
         return result
-    kept = [n for n in graph.node if id(n) not in remove]
-    for x, target, hi in clamps:
-        lo_name, hi_name = f"{target}_min", f"{target}_max"
-        new_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo_name))
-        new_inits.append(numpy_helper.from_array(np.array(hi, np.float32), hi_name))
-        kept.append(helper.make_node("Clip", [x, lo_name, hi_name], [target], name=target))
-    _rewire(graph, kept, rename)
+    kept = [n for n in graph.node if id(n) not in remove] + added
+    _apply_aliases(kept, alias, graph_outputs)
+    del graph.node[:]
+    graph.node.extend(kept)
     graph.initializer.extend(new_inits)
     _drop_unused(graph)
     _toposort(graph)
     return result
 
 
-def _rewire(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rename: dict[str, str]) -> None:
+def _apply_aliases(
+    nodes: list[onnx.NodeProto], alias: dict[str, str], graph_outputs: set[str]
+) -> None:
+    """Rename tensors; a replaced graph output keeps its name through an Identity."""
+
     def resolve(name: str) -> str:
         seen = set()
-        while name in rename and name not in seen:
+        while name in alias and name not in seen:
             seen.add(name)
-            name = rename[name]
+            name = alias[name]
         return name
 
-    outputs = {o.name for o in graph.output}
-    graph_inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for node in nodes:
         for k, name in enumerate(node.input):
             if name:
                 node.input[k] = resolve(name)
-    # A removed DQ output that is a graph output keeps its name through an Identity.
-    for out_name in outputs & set(rename):
-        src = resolve(out_name)
-        if src in graph_inputs or src in outputs:
-            nodes.append(helper.make_node("Identity", [src], [out_name], name=f"{out_name}_id"))
-            continue
-        for node in nodes:
-            for k, name in enumerate(node.output):
-                if name == src:
-                    node.output[k] = out_name
-            for k, name in enumerate(node.input):
-                if name == src:
-                    node.input[k] = out_name
-    del graph.node[:]
-    graph.node.extend(nodes)
+        for k, name in enumerate(node.output):
+            if name in alias and name not in graph_outputs:
+                node.output[k] = resolve(name)
+    for name in sorted(graph_outputs & set(alias)):
+        target = resolve(name)
+        producers = [n for n in nodes if name in n.output]
+        if not producers:
+            nodes.append(helper.make_node("Identity", [target], [name], name=f"{name}_identity"))
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

@@ -63,7 +63,9 @@ def test_pairs_become_overrides_and_graph_is_restored(make_tiny_model, tiny_cali
     assert ov["x"].quant_type is QuantType.QUInt8 and ov["x"].axis is None
     assert ov["w"].scale == tuple(float(v) for v in np.float32([0.02, 0.03, 0.04, 0.05]))
     assert ov["w"].axis == 0 and ov["w"].quant_type is QuantType.QInt8
-    assert ov["r"].zero_point == (0,)
+    # "r" fed only the pair: the Relu now writes the pair's output name, which carries it
+    assert ov["r_dq"].zero_point == (0,) and "r" not in ov
+    assert st.model.graph.node[1].output[0] == "r_dq"
     ref = make_tiny_model()
     np.testing.assert_array_equal(_run(st.model, tiny_calib), _run(ref, tiny_calib))
 

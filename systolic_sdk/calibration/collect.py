@@ -237,8 +237,15 @@ def collect(
     ``batch_size`` None picks a batch from the first sample's activation size when the
     model's batch dimension is dynamic. Samples with NaN/Inf in an input or activation
     raise :class:`CalibrationError` naming the sample and tensor, or are skipped with a
-    warning under ``skip_nonfinite``.
+    warning under ``skip_nonfinite``. A reader may carry a ``collect_options`` dict
+    (``batch_size``, ``progress``, ``skip_nonfinite``) used where no argument is given.
     """
+    defaults = getattr(reader, "collect_options", None) or {}
+    if batch_size is None:
+        batch_size = defaults.get("batch_size")
+    if progress is None:
+        progress = defaults.get("progress")
+    skip_nonfinite = bool(skip_nonfinite or defaults.get("skip_nonfinite", False))
     if batch_size is not None and int(batch_size) < 1:
         raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
     names = list(calibratable_tensors(model) if tensor_names is None else tensor_names)

@@ -13,6 +13,10 @@ class CalibrationDataReader(abc.ABC):
 
     Same contract as ``onnxruntime.quantization.CalibrationDataReader``: ``get_next``
     returns ``{input_name: ndarray}`` or ``None`` when exhausted.
+
+    Optional extras: ``__len__`` (number of feeds, for the progress bar's ETA) and a
+    ``collect_options`` dict (``batch_size``, ``progress``, ``skip_nonfinite``) that
+    :func:`systolic_sdk.calibration.calibrate` uses where its caller gives none.
     """
 
     @abc.abstractmethod

@@ -7,13 +7,13 @@ integers chosen so that real 0.0 is exactly representable.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from runtime_emulator import datapath
 from systolic_sdk.quantization.types import QuantType
+from systolic_sdk.quantization.warn import warn
 
 F32 = np.float32
 INT32_MAX = 2**31 - 1
@@ -187,9 +187,8 @@ def quantize_bias(
     new_sw = new_sw.reshape(s_w.shape)
     new_wp = QuantParams(new_sw, wp.zero_point, wp.qtype, wp.axis)
     q, _ = datapath.quantize_bias(b, s_x, new_sw)
-    warnings.warn(
+    warn(
         f"bias '{name}' does not fit in int32 with the computed scales; the weight scale "
-        "was enlarged so that it does",
-        stacklevel=2,
+        "was enlarged so that it does"
     )
     return QuantizedBias(q, np.multiply(s_x, new_sw, dtype=F32), new_wp, True)

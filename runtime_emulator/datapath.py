@@ -158,7 +158,7 @@ def requantize(
     lo, hi = qrange(dtype)
     m = np.asarray(multiplier, dtype=F32)
     zp = np.asarray(zero_point)
-    v = scale_accumulator(acc, m)
+    v = np.asarray(scale_accumulator(acc, m))
     if not np.all(np.isfinite(m)):
         # NaN or infinite multipliers: saturate in float, map NaN to 0 before the cast.
         with np.errstate(invalid="ignore"):

@@ -395,6 +395,7 @@ def _run(
     from systolic_sdk.quantization import prepare_model, tensors_to_calibrate
 
     prepared = prepare_model(model, config)
+    _check_requested_nodes(prepared, config)
     fixed = {n for n, ov in config.tensor_overrides.items() if ov.scale and ov.zero_point}
     wanted = [n for n in tensors_to_calibrate(prepared, config) if n not in fixed]
     ranges: dict[str, tuple[float, float]] = {}
@@ -419,8 +420,34 @@ def _run(
             }
     quantized = _quantize_checked(prepared, config, ranges)
     if out is not None:
-        save_model(quantized, out)
+        save_output(quantized, out)
     return quantized
+
+
+def save_output(model: onnx.ModelProto, out: PathLike) -> Path:
+    """Write ``model`` atomically; an OS failure is a one-line SdkError and leaves nothing."""
+    try:
+        return save_model(model, out)
+    except OSError as exc:
+        raise SdkError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+
+def _check_requested_nodes(model: onnx.ModelProto, config: QuantConfig) -> None:
+    """Each node named in nodes_to_quantize must be quantizable by the backend in the form."""
+    if not config.nodes_to_quantize:
+        return
+    from systolic_sdk.backends import get_backend
+
+    backend = get_backend(config.backend)
+    for node in model.graph.node:
+        if node.name not in config.nodes_to_quantize or node.name in config.nodes_to_exclude:
+            continue
+        rule = backend.rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None or not rule.supports(node, config.form):
+            raise QuantizationError(
+                f"node '{node.name}' ({node.op_type}) in nodes_to_quantize cannot be quantized "
+                f"by the '{backend.name}' backend in the {config.form.value} form"
+            )
 
 
 def _quantize_checked(

@@ -105,9 +105,7 @@ def run_demo(
     ref = _predict(model, input_name, x)
     got = _predict(quantized, input_name, x)
     if out is not None:
-        from systolic_sdk.graph.io import save_model
-
-        save_model(quantized, out)
+        api.save_output(quantized, out)
     granularity = "per-channel" if per_channel else "per-tensor"
     return DemoResult(
         model_dir=folder,

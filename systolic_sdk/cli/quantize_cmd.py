@@ -131,6 +131,11 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     show_default=True,
     help="Quantize Conv/Gemm biases to int32.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse (instead of warn and adapt) options the backend cannot honour.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @sdk_errors
 def quantize_command(
@@ -152,6 +157,7 @@ def quantize_command(
     nodes_to_exclude: tuple[str, ...],
     tensor_quant_overrides: Path | None,
     quantize_bias: bool,
+    strict: bool,
     quiet: bool,
 ) -> None:
     """Quantize the fp32 ONNX MODEL and write it to OUTPUT.
@@ -193,6 +199,7 @@ def quantize_command(
         extra_options=extra,
         backend=backend,
         quantize_bias=quantize_bias,
+        strict=strict,
     )
     if mode == "dynamic":
         quantized = api.quantize_dynamic(fp32, None, **common)
@@ -214,10 +221,8 @@ def quantize_command(
             calibrate_method=calibration_method,
             **common,
         )
-    from systolic_sdk.graph.io import save_model
-
     check_output_path(out, model)  # the folder may have vanished while calibrating
-    save_model(quantized, out)
+    api.save_output(quantized, out)
     say(quiet, f"wrote {out} ({fmt}, {mode}; {_summary(quantized)})")
 
 

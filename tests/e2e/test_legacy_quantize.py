@@ -1,0 +1,84 @@
+"""The original quantize() API in all six modes on the shipped model, run in onnxruntime."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from runtime_emulator.datapath import rne, saturate
+from systolic_sdk import QuantizationMode, quantize
+
+from .conftest import TOLERANCE
+
+
+def _ranges(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, tuple]:
+    """Min/max of the named tensors over the calibration split (one fp32 pass)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(
+        zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True)
+    )
+    return {n: (float(values[n].min()), float(values[n].max())) for n in names}
+
+
+def _uint8_params(lo: float, hi: float) -> list:
+    """[zero_point, scale] for uint8 covering [min(lo, 0), max(hi, 0)]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = np.float32((hi - lo) / 255) if hi > lo else np.float32(1.0)
+    zp = saturate(rne(np.float32(-lo) / scale), np.uint8)
+    return [np.uint8(zp), scale]
+
+
+@pytest.fixture(scope="module")
+def legacy_params(digits_model, digits_calib):
+    convs = [n for n in digits_model.graph.node if n.op_type in ("Conv", "MatMul")]
+    ins = [n.input[0] for n in convs]
+    outs = [n.output[0] for n in convs]
+    ranges = _ranges(digits_model, ins + outs, digits_calib)
+    return (
+        {n: _uint8_params(*ranges[n]) for n in ins},
+        {n: _uint8_params(*ranges[n]) for n in outs},
+    )
+
+
+CASES = [
+    (QuantizationMode.IntegerOps, False, "ConvInteger", True),
+    (QuantizationMode.IntegerOps, True, "ConvInteger", False),
+    (QuantizationMode.QLinearOps, True, "QLinearConv", False),
+    (QuantizationMode.IntegerOps_Static, False, "ConvInteger", False),
+    (QuantizationMode.IntegerOps_Dynamic, False, "ConvInteger", True),
+    (QuantizationMode.QLinearOps_Static, False, "QLinearConv", False),
+    (QuantizationMode.QLinearOps_Dynamic, False, None, True),
+]
+
+
+@pytest.mark.parametrize(("mode", "static", "op", "dynamic"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["uint8-weights", "int8-weights"])
+def test_legacy_mode(
+    mode, static, op, dynamic, asymmetric, digits_model, legacy_params, score, fp32_accuracy
+):
+    in_params, out_params = legacy_params
+    before = digits_model.SerializeToString()
+    q = quantize(
+        digits_model,
+        quantization_mode=mode,
+        static=static,
+        asymmetric_input_types=asymmetric,
+        input_quantization_params=in_params,
+        output_quantization_params=out_params,
+    )
+    assert digits_model.SerializeToString() == before
+    onnx.checker.check_model(q, full_check=True)
+    ops = Counter(n.op_type for n in q.graph.node)
+    if op is not None:
+        assert ops[op] == 4
+    assert bool(ops["DynamicQuantizeLinear"]) is dynamic
+    assert "Gemm" in ops  # only Conv and MatMul are quantized by this API
+    assert abs(score(q) - fp32_accuracy) <= TOLERANCE

@@ -66,19 +66,23 @@ def test_truncated_protobuf(runner, work, tiny_model_path):
     assert_nothing_written(out)
 
 
-@pytest.mark.skipif(
-    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-    reason="root reads everything",
-)
-def test_unreadable_model(runner, work, tiny_model_path):
+def test_unreadable_model(runner, work, tiny_model_path, monkeypatch):
+    """Permission denied on read (simulated: the tests may run as root, who reads anything)."""
+    import pathlib
+
     locked = work / "locked.onnx"
     shutil.copy(tiny_model_path, locked)
-    locked.chmod(0)
+    real = pathlib.Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "locked.onnx":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
     out = work / "q.onnx"
-    try:
-        assert_user_error(_run(runner, [locked, "-o", out, "--mode", "dynamic"]), "locked.onnx")
-    finally:
-        locked.chmod(0o644)
+    res = _run(runner, [locked, "-o", out, "--mode", "dynamic"])
+    assert_user_error(res, "locked.onnx", "Permission denied")
     assert_nothing_written(out)
 
 
@@ -189,3 +193,64 @@ def test_opset_that_cannot_be_upgraded(runner, work):
     res = _run(runner, [src, "-o", out, "--mode", "dynamic"])
     assert_user_error(res, "opset 7")
     assert_nothing_written(out, src)
+
+
+def test_node_that_cannot_be_quantized(runner, work, make_tiny_model):
+    model = make_tiny_model()
+    model.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="softmax"))
+    model.graph.output[0].name = "p"
+    src = work / "softmax.onnx"
+    onnx.save(model, str(src))
+    out = work / "q.onnx"
+    res = _run(
+        runner,
+        [src, "-o", out, "--calibration-data", work / "calib.npy",
+         "--nodes-to-quantize", "conv,softmax"],
+    )  # fmt: skip
+    assert_user_error(res, "node 'softmax'", "Softmax", "cannot be quantized")
+    assert_nothing_written(out, src)
+
+
+def test_type_the_form_cannot_honour_in_strict_mode(runner, work, tiny_model_path):
+    out = work / "q.onnx"
+    res = _run(
+        runner,
+        [tiny_model_path, "-o", out, "--calibration-data", work / "calib.npy",
+         "--format", "qoperator", "--activation-type", "qint16", "--strict"],
+    )  # fmt: skip
+    assert_user_error(res, "QInt16")
+    assert_nothing_written(out)
+
+
+def test_failed_write_leaves_nothing(runner, work, tiny_model_path, monkeypatch):
+    """The disk fills up during the write: one-line error, no output, no temporary file."""
+    import errno
+
+    import systolic_sdk.graph.io as io
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full_disk)
+    out = work / "q.onnx"
+    res = _run(runner, [tiny_model_path, "-o", out, "--mode", "dynamic"])
+    assert_user_error(res, "q.onnx", "No space left on device")
+    assert_nothing_written(out)
+
+
+def test_invalid_quantized_model_is_not_written(runner, work, tiny_model_path, monkeypatch):
+    """If the rewrite ever produced a model onnx.checker rejects, nothing is written."""
+    import systolic_sdk.quantization as quantization
+
+    real = quantization.quantize_model
+
+    def broken(model, config, ranges):
+        q = real(model, config, ranges)
+        q.graph.node[0].input[0] = "no_such_tensor"
+        return q
+
+    monkeypatch.setattr(quantization, "quantize_model", broken)
+    out = work / "q.onnx"
+    res = _run(runner, [tiny_model_path, "-o", out, "--mode", "dynamic"])
+    assert_user_error(res, "onnx.checker")
+    assert_nothing_written(out)

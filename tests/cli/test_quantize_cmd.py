@@ -1,0 +1,114 @@
+"""``quantize`` on the shipped model: formats, options, overrides, help."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from systolic_sdk.cli.quantize_cmd import quantize_command
+
+
+def _accuracy(path, digits_test) -> float:
+    x, labels = digits_test
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == labels))
+
+
+def _ok(runner, args):
+    res = runner.invoke(quantize_command, [str(a) for a in args])
+    assert res.exit_code == 0, (res.output, res.stderr, res.exception)
+    return res
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--format", "qoperator", "--per-channel", "--activation-type", "quint8"],
+        ["--format", "integer", "--mode", "static"],
+    ],
+    ids=["qdq", "qoperator-per-channel-uint8", "integer-static"],
+)
+def test_static_formats(runner, tmp_path, digits_dir, digits_test, extra):
+    out = tmp_path / "q.onnx"
+    res = _ok(
+        runner,
+        [
+            digits_dir / "model.onnx",
+            "-o",
+            out,
+            "--calibration-data",
+            digits_dir / "calib.npz",
+            *extra,
+        ],
+    )
+    assert f"wrote {out}" in res.output
+    onnx.checker.check_model(str(out), full_check=True)
+    fp32 = _accuracy(digits_dir / "model.onnx", digits_test)
+    assert abs(_accuracy(out, digits_test) - fp32) <= 0.01
+    assert [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
+
+
+def test_dynamic_needs_no_data(runner, tmp_path, digits_dir):
+    out = tmp_path / "q.onnx"
+    _ok(runner, [digits_dir / "model.onnx", "-o", out, "--mode", "dynamic", "-q"])
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert ops["DynamicQuantizeLinear"] and ops["ConvInteger"] == 4
+
+
+def test_onnx_test_data_folder_as_calibration(runner, tmp_path, digits_dir):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "test_data_set_0", data / "test_data_set_0")
+    out = tmp_path / "q.onnx"
+    _ok(runner, [digits_dir / "model.onnx", "-o", out, "--calibration-data", data, "--quiet"])
+    assert out.exists()
+
+
+def test_selection_and_overrides(runner, tmp_path, digits_dir):
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"/fc1/Gemm_output_0": [{"scale": 0.125, "zero_point": 0}]}))
+    out = tmp_path / "q.onnx"
+    res = _ok(
+        runner,
+        [
+            digits_dir / "model.onnx", "-o", out, "--calibration-data", digits_dir / "calib.npz",
+            "--format", "qoperator", "--nodes-to-exclude", "/conv1/Conv",
+            "--op-types", "Conv,Gemm,Relu,MaxPool,Add,Clip,Flatten",
+            "--tensor-quant-overrides", overrides,
+        ],
+    )  # fmt: skip
+    assert "QLinearConv" in res.output
+    model = onnx.load(str(out))
+    by_name = {n.name: n for n in model.graph.node}
+    assert by_name["/conv1/Conv"].op_type == "Conv"  # excluded: stays float
+    assert Counter(n.op_type for n in model.graph.node)["QLinearConv"] == 3
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = [v for k, v in inits.items() if k == "/fc1/Gemm_output_0_scale"]
+    assert scales and all(float(s) == 0.125 for s in scales)
+
+
+def test_help_teaches(runner):
+    res = runner.invoke(quantize_command, ["--help"])
+    assert res.exit_code == 0
+    for text in ("Examples:", "--calibration-data", "--tensor-quant-overrides", "--per-channel"):
+        assert text in res.output
+
+
+def test_registered_in_the_group(runner, tmp_path):
+    """Through ``systolic-quantize`` itself, once the command is registered."""
+    from systolic_sdk.cli import cli
+
+    if "quantize" not in cli.commands:
+        pytest.skip("quantize is not registered in systolic_sdk.cli.COMMANDS yet")
+    res = runner.invoke(
+        cli, ["quantize", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "q.onnx")]
+    )
+    assert res.exit_code == 2 and res.stderr.startswith("error: ")
+    assert "--version" in runner.invoke(cli, ["--help"]).output

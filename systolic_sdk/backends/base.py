@@ -90,12 +90,8 @@ class Backend:
                     form=OutputForm.INTEGER,
                 )
             if cfg.activation_type != QuantType.QUInt8:
-                cfg = adapt(
-                    cfg,
-                    "dynamic quantization produces uint8 activations (DynamicQuantizeLinear); "
-                    f"using QUInt8 instead of {cfg.activation_type}",
-                    activation_type=QuantType.QUInt8,
-                )
+                # DynamicQuantizeLinear always produces uint8: the option has no effect.
+                cfg = dataclasses.replace(cfg, activation_type=QuantType.QUInt8)
         if cfg.activation_type not in self.activation_types:
             cfg = adapt(
                 cfg,

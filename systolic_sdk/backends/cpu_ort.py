@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,8 +35,12 @@ def load_in_onnxruntime(model: onnx.ModelProto) -> None:
 
 
 def cpu_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
-    """16-bit types exist in onnxruntime only as QuantizeLinear/DequantizeLinear (QDQ);
-    QOperator needs an int32 bias, so quantize_bias=False is a QDQ-only option."""
+    """Adapt a config to what onnxruntime's CPU kernels run.
+
+    16-bit types exist only as QuantizeLinear/DequantizeLinear (QDQ form); QOperator
+    kernels lack int8-activation x uint8-weight variants; QOperator ops take an int32
+    bias, so quantize_bias=False is a QDQ-only option.
+    """
     cfg = config
     if cfg.form != OutputForm.QDQ:
         if cfg.activation_type not in EIGHT_BIT:
@@ -50,6 +55,33 @@ def cpu_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
                 f"{cfg.weight_type} weights need the qdq form; using QInt8",
                 weight_type=QuantType.QInt8,
             )
+        wide = sorted(
+            name
+            for name, ov in cfg.tensor_overrides.items()
+            if ov.quant_type is not None and ov.quant_type not in EIGHT_BIT
+        )
+        if wide:
+            overrides = {
+                k: dataclasses.replace(v, quant_type=None) if k in wide else v
+                for k, v in cfg.tensor_overrides.items()
+            }
+            cfg = adapt(
+                cfg,
+                f"16-bit overrides need the qdq form (tensor '{wide[0]}'); "
+                "using the config's 8-bit types for them",
+                tensor_overrides=overrides,
+            )
+    if (
+        cfg.form == OutputForm.QOPERATOR
+        and cfg.activation_type == QuantType.QInt8
+        and cfg.weight_type == QuantType.QUInt8
+    ):
+        cfg = adapt(
+            cfg,
+            "onnxruntime has no QOperator kernels for int8 activations with uint8 weights; "
+            "using QInt8 weights",
+            weight_type=QuantType.QInt8,
+        )
     if cfg.form == OutputForm.QOPERATOR and not cfg.quantize_bias:
         cfg = adapt(
             cfg,

@@ -37,9 +37,9 @@ def required_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[int, st
     if config.form == OutputForm.QDQ:
         if config.per_channel and need < PER_CHANNEL_QDQ_OPSET:
             need, why = PER_CHANNEL_QDQ_OPSET, "per-channel QDQ needs opset 13"
-        if (config.activation_type in _16BIT or config.weight_type in _16BIT) and (
-            need < INT16_QDQ_OPSET
-        ):
+        types = {config.activation_type, config.weight_type}
+        types |= {o.quant_type for o in config.tensor_overrides.values() if o.quant_type}
+        if types & set(_16BIT) and need < INT16_QDQ_OPSET:
             need, why = INT16_QDQ_OPSET, "16-bit QuantizeLinear needs opset 21"
     return need, why
 

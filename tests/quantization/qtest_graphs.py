@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import helper
-
 from qtest_helpers import make_model
 
 RNG = np.random.default_rng(0)
@@ -46,9 +45,6 @@ def single_op(kind: str):
         nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     elif kind == "matmul_act":
         nodes = head + [helper.make_node("MatMul", ["h", "h"], ["y"], name="mm")]
-        x = [("x", [2, 3, 6, 6])]
-        inits_local = {}
-        inits.update(inits_local)
     elif kind in ("gemm", "gemm_transb"):
         trans = kind == "gemm_transb"
         inits["w"] = _w(5, 6) if trans else _w(6, 5)

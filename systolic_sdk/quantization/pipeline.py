@@ -20,11 +20,13 @@ SUPPORTED_OPTIONS = frozenset(
         "WeightSymmetric",
         "ForceQuantizeNoInputCheck",
         "MatMulConstBOnly",
+        "MinimumRealRange",
+        "QDQKeepRemovableActivations",
     }
 )
-#: onnxruntime keys handled elsewhere (calibration, the public APIs) or without effect
-#: on this quantizer's output; accepted silently.
-OTHER_KNOWN_OPTIONS = frozenset(
+#: onnxruntime keys consumed before the core (by calibration or the public APIs, which
+#: map them to QuantConfig fields); accepted silently here.
+HANDLED_ELSEWHERE = frozenset(
     {
         "CalibTensorRangeSymmetric",
         "CalibMovingAverage",
@@ -34,20 +36,8 @@ OTHER_KNOWN_OPTIONS = frozenset(
         "CalibPercentile",
         "CalibNumBins",
         "CalibNumQuantizedBins",
-        "SmoothQuant",
-        "SmoothQuantAlpha",
-        "SmoothQuantFolding",
-        "EnableSubgraph",
-        "DedicatedQDQPair",
         "QuantizeBias",
-        "UseQDQContribOps",
-        "MinimumRealRange",
         "TensorQuantOverrides",
-        "AddQDQPairToWeight",
-        "OpTypesToExcludeOutputQuantization",
-        "QDQKeepRemovableActivations",
-        "QDQDisableWeightAdjustForInt32Bias",
-        "QDQOpTypePerChannelSupportToAxis",
     }
 )
 
@@ -63,8 +53,8 @@ def _backend(config: QuantConfig):
 
 def _check_options(config: QuantConfig) -> None:
     for key in config.extra_options:
-        if key not in SUPPORTED_OPTIONS and key not in OTHER_KNOWN_OPTIONS:
-            warn(f"extra option '{key}' is not known to the quantizer; ignored")
+        if key not in SUPPORTED_OPTIONS and key not in HANDLED_ELSEWHERE:
+            warn(f"extra option '{key}' is not supported by the quantizer; ignored")
 
 
 def quantize_model(

@@ -83,6 +83,8 @@ class RewriteContext:
         )
         self.force_quantize = bool(opts.get("ForceQuantizeNoInputCheck", False))
         self.matmul_const_b_only = bool(opts.get("MatMulConstBOnly", False))
+        self.keep_removable_activations = bool(opts.get("QDQKeepRemovableActivations", False))
+        self.minimum_real_range = opts.get("MinimumRealRange")
         self._act_params: dict[str, QuantParams] = {}
         self.current: onnx.NodeProto | None = None
         self.uses_ms_domain = False
@@ -128,9 +130,14 @@ class RewriteContext:
                 "static quantization needs a range or a tensor override for it"
             )
         else:
+            lo, hi = rng
+            if self.minimum_real_range is not None:
+                # onnxruntime's MinimumRealRange: widen tiny ranges (rmin kept, rmax raised)
+                lo, hi = min(lo, 0.0), max(hi, 0.0)
+                hi = max(hi, lo + float(self.minimum_real_range))
             try:
                 params = self.backend.activation_params(
-                    rng[0], rng[1], qtype, self.symmetric_activations, False
+                    lo, hi, qtype, self.symmetric_activations, False
                 )
             except ValueError as exc:
                 raise QuantizationError(f"tensor '{name}': {exc}") from None
@@ -475,8 +482,13 @@ def _assemble(ctx: RewriteContext) -> onnx.ModelProto:
     for n in nodes:
         used |= subgraph_inputs(n)
     inits = [t for t in list(ctx.graph.initializer) + ctx.new_initializers if t.name in used]
+    dropped = {t.name for t in ctx.graph.initializer} - {t.name for t in inits}
     del graph.initializer[:]
     graph.initializer.extend(inits)
+    if dropped & {i.name for i in graph.input}:
+        keep_inputs = [i for i in graph.input if i.name not in dropped]
+        del graph.input[:]
+        graph.input.extend(keep_inputs)
     produced = {o for n in nodes for o in n.output}
     keep_vi = [v for v in graph.value_info if v.name in produced]
     del graph.value_info[:]

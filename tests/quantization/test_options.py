@@ -183,3 +183,25 @@ def test_unknown_backend_lists_available():
 def test_output_always_checked():
     q = quantize(conv_matmul_model(), form=QOP)
     onnx.checker.check_model(q, full_check=True)
+
+
+def test_minimum_real_range_widens_tiny_ranges():
+    model = chain_conv_relu_conv()
+    cfg = QuantConfig(form=QOP, activation_type=QuantType.QUInt8)
+    names = tensors_to_calibrate(model, cfg)
+    ranges = {n: (0.0, 1e-6) for n in names}
+    base = inits(quantize_model(model, cfg, ranges))
+    cfg.extra_options = {"MinimumRealRange": 0.51}
+    wide = inits(quantize_model(model, cfg, ranges))
+    assert base["x_scale"] == np.float32(1e-6) / np.float32(255)
+    assert wide["x_scale"] == np.float32(0.51) / np.float32(255)
+
+
+def test_qdq_keep_removable_activations():
+    model = chain_conv_relu_conv()
+    assert op_count(quantize(model, form=QDQ), "Relu") == 0
+    q = quantize(model, form=QDQ, extra_options={"QDQKeepRemovableActivations": True})
+    assert op_count(q, "Relu") == 1
+    relu = next(n for n in q.graph.node if n.op_type == "Relu")
+    producer = {o: n for n in q.graph.node for o in n.output}[relu.input[0]]
+    assert producer.op_type == "DequantizeLinear"

@@ -105,10 +105,11 @@ def _check_rewritten(qmodel, names, form, expected):
 @pytest.mark.parametrize("kind", sorted(CASES))
 @pytest.mark.parametrize("form", [QOP, QDQ], ids=["qoperator", "qdq"])
 @pytest.mark.parametrize("act", [QuantType.QUInt8, QuantType.QInt8], ids=["u8", "s8"])
-def test_rule_linear_forms(kind, form, act):
+@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
+def test_rule_linear_forms(kind, form, act, per_channel):
     model = single_op(kind)
     names, expected = CASES[kind]
-    qmodel, feeds = _quantize(model, form, act=act, per_channel=kind.startswith("conv"))
+    qmodel, feeds = _quantize(model, form, act=act, per_channel=per_channel)
     onnx.checker.check_model(qmodel, full_check=True)
     _check_rewritten(qmodel, names, form, expected)
     _check_close(model, qmodel, feeds)

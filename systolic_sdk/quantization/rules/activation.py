@@ -7,7 +7,8 @@ producer quantizes straight into the activation's range.
 Rewrite (the output keeps the input's scale and zero point): quantization is monotone,
 so ``Q(clip(x, lo, hi)) == clip(Q(x), Q(lo), Q(hi))`` exactly. When the integer bounds
 are already the type's saturation limits (a Relu on a tensor whose zero point is the
-type minimum), the op is dropped and its output aliases the input. Otherwise QOperator
+type minimum), the op is dropped and its output aliases the input (in QDQ it is kept
+between DQ and Q under the option QDQKeepRemovableActivations). Otherwise QOperator
 emits an integer Clip (opset >= 12) and QDQ emits DQ -> op -> Q with the same params.
 The op stays float when its input is not quantized (unless ForceQuantizeNoInputCheck).
 """
@@ -71,7 +72,8 @@ class ActivationRule(OpRule):
         lo_q, hi_q = (None if v is None else _quantize_scalar(v, p) for v in bounds)
         tmin, tmax = datapath.qrange(p.qtype.np_dtype)
         state = ctx.quantized_activation(x)
-        if (lo_q is None or lo_q <= tmin) and (hi_q is None or hi_q >= tmax):
+        removable = (lo_q is None or lo_q <= tmin) and (hi_q is None or hi_q >= tmax)
+        if removable and not (ctx.form == OutputForm.QDQ and ctx.keep_removable_activations):
             ctx.alias_quantized(y, state)
             return True
         if ctx.form == OutputForm.QDQ:

@@ -48,18 +48,44 @@ def required_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the data of its float initializers (for shape inference).
+
+    Shape inference reads initializer dims and the values of small integer tensors
+    (Reshape shapes, ...), never float weights, so those are left out to save memory.
+    """
+    light = onnx.ModelProto(
+        ir_version=model.ir_version,
+        opset_import=model.opset_import,
+        functions=model.functions,
+    )
+    src, dst = model.graph, light.graph
+    dst.name = src.name
+    dst.node.extend(src.node)
+    dst.input.extend(src.input)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    for t in src.initializer:
+        if t.data_type in FLOAT_TYPES:
+            dst.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
+        else:
+            dst.initializer.append(t)
+    return light
+
+
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor after shape inference (0 when unknown)."""
+    light = _light_copy(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is best effort (custom ops)
-        inferred = model
+        inferred = light
     types: dict[str, int] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         if vi.type.HasField("tensor_type"):
             types[vi.name] = vi.type.tensor_type.elem_type
-    for t in g.initializer:
+    for t in model.graph.initializer:
         types[t.name] = t.data_type
     return types
 
@@ -191,32 +217,60 @@ class _Progress:
             self._bar.__exit__(None, None, None)
 
 
-def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
+def _session(model: onnx.ModelProto, names: Sequence[str], providers: Sequence[str] | None):
+    """An onnxruntime session of ``model`` with ``names`` as extra outputs.
+
+    The outputs are added to ``model`` only while it is written to a temporary file (no
+    copy of the weights in memory); onnxruntime then loads the file, as its own
+    calibrators do, with graph optimizations off so every tensor is the fp32 model's.
+    """
+    import tempfile
+
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), so, providers=list(providers or ["CPUExecutionProvider"])
-        )
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationError(
-            f"onnxruntime cannot load the model for calibration: {first}"
-        ) from None
+    graph = model.graph
+    kept = len(graph.output)
+    present = {o.name for o in graph.output} | {i.name for i in graph.input}
+    with tempfile.TemporaryDirectory(prefix="systolic-calib-") as tmp:
+        path = f"{tmp}/augmented.onnx"
+        try:
+            for name in dict.fromkeys(names):
+                if name not in present:
+                    graph.output.add(name=name)
+            with open(path, "wb") as fh:
+                fh.write(model.SerializeToString())
+        finally:
+            del graph.output[kept:]
+        try:
+            return ort.InferenceSession(
+                path, so, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise CalibrationError(
+                f"onnxruntime cannot load the model for calibration: {first}"
+            ) from None
 
 
-def _bad_rows(values: np.ndarray, batch: int) -> np.ndarray | None:
-    """Indices of samples (rows) with NaN/Inf; None if the tensor has none."""
+def _extremes(values: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-sample minima and maxima (NaN propagates), or None for non-float/empty."""
     if values.dtype.kind != "f" or values.size == 0:
         return None
     rows = per_sample_view(values, batch)
-    ok = np.isfinite(rows).all(axis=1)
-    if ok.all():
-        return None
-    return np.flatnonzero(~ok) if rows.shape[0] == batch else np.arange(batch)
+    mins, maxs = rows.min(axis=1), rows.max(axis=1)
+    if rows.shape[0] != batch:
+        mins, maxs = np.repeat(mins, batch), np.repeat(maxs, batch)
+    return mins, maxs
+
+
+def _bad_rows(ext: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """Samples whose extremes are NaN or infinite; None if none."""
+    ok = np.isfinite(ext[0]) & np.isfinite(ext[1])
+    return None if ok.all() else np.flatnonzero(~ok)
 
 
 def collect(
@@ -248,12 +302,14 @@ def collect(
     skip_nonfinite = bool(skip_nonfinite or defaults.get("skip_nonfinite", False))
     if batch_size is not None and int(batch_size) < 1:
         raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
-    names = list(calibratable_tensors(model) if tensor_names is None else tensor_names)
+    everything = calibratable_tensors(model)
+    names = list(everything if tensor_names is None else tensor_names)
     if tensor_names is not None:
         _check_names(model, names)
-    sess = _session(augment_model(model, names), providers)
-    out_names = [o.name for o in sess.get_outputs()]
-    order = {name: i for i, name in enumerate(calibratable_tensors(model))}
+    sess = _session(model, names, providers)
+    wanted = set(names)
+    fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
+    order = {name: i for i, name in enumerate(everything)}
 
     def new_stats() -> TensorStats:
         hist = HistogramStats(num_bins) if histogram else None
@@ -269,25 +325,28 @@ def collect(
     try:
         for feed, used in batcher:
             n = _num_samples(feed)
-            run = _run_checked(sess, out_names, feed, n, sample_base, skip_nonfinite, order)
+            run = _observe(sess, fetch, feed, n, sample_base, skip_nonfinite, order)
             if run is None:  # every sample of the batch skipped
                 skipped += n
             else:
-                tensors, kept = run
-                skipped += n - _num_samples(kept)
+                values, extremes, kept = run
+                skipped += n - kept
                 for name in names:
-                    values = kept.get(name) if name in kept else tensors.get(name)
-                    if values is None or name in dropped:
+                    if name in dropped or name not in values:
                         continue
-                    if values.dtype.kind != "f":
-                        dropped.add(name)
+                    ext = extremes.get(name)
+                    if ext is None:
+                        if values[name].dtype.kind != "f":
+                            dropped.add(name)
                         continue
                     st = stats.get(name)
                     if st is None:
                         st = stats[name] = new_stats()
-                    _update(st, values, _num_samples(kept))
+                    st.minmax.update_per_sample(*ext)
+                    if st.histogram is not None:
+                        st.histogram.update(values[name])
                 if batch_size is None and batchable and sample_base == 0:
-                    per_sample = sum(t.nbytes for t in tensors.values()) / _num_samples(kept)
+                    per_sample = sum(values[k].nbytes for k in fetch) / max(kept, 1)
                     batcher.target = int(
                         min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(per_sample, 1)))
                     )
@@ -307,60 +366,54 @@ def collect(
     return {n: stats[n] for n in names if n in stats}
 
 
-def _update(st: TensorStats, values: np.ndarray, batch: int) -> None:
-    rows = per_sample_view(values, batch)
-    if rows.shape[1] == 0:
-        return
-    mins = rows.min(axis=1)
-    maxs = rows.max(axis=1)
-    if rows.shape[0] != batch:
-        mins = np.repeat(mins, batch)
-        maxs = np.repeat(maxs, batch)
-    st.minmax.update_per_sample(mins, maxs)
-    if st.histogram is not None:
-        st.histogram.update(values)
+Observed = tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], int]
 
 
-def _run_checked(
+def _observe(
     sess,
-    out_names: list[str],
+    fetch: list[str],
     feed: dict[str, np.ndarray],
     n: int,
     base: int,
     skip: bool,
     order: dict[str, int],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+) -> Observed | None:
     """Run one batch of ``n`` samples; refuse (or drop) samples with NaN/Inf.
 
-    Returns ``(tensors, feed actually used)``, or None when every sample was dropped.
+    Returns ``(values by name (inputs included), per-sample extremes, samples kept)``, or
+    None when every sample was dropped.
     """
-    tensors = _run(sess, out_names, feed, base)
-    bad: set[int] = set()
+    tensors = _run(sess, fetch, feed, base) if fetch else {}
+    values = {**feed, **tensors}
+    extremes = {}
+    for name, v in values.items():
+        ext = _extremes(np.asarray(v), n)
+        if ext is not None:
+            extremes[name] = ext
+    # Inputs first, then graph order: the first tensor to go bad is the one to report.
     first_bad: tuple[int, str] | None = None
-    # Graph order (out_names lists the graph outputs first, then the added tensors):
-    # the first tensor to go bad is the one to report.
-    in_order = sorted(tensors.items(), key=lambda kv: order.get(kv[0], len(order)))
-    for name, values in list(feed.items()) + in_order:
-        rows = _bad_rows(np.asarray(values), n)
+    bad: set[int] = set()
+    ranked = sorted(extremes, key=lambda k: (k not in feed, order.get(k, len(order))))
+    for name in ranked:
+        rows = _bad_rows(extremes[name])
         if rows is None:
             continue
         bad.update(int(r) for r in rows)
         if first_bad is None or rows[0] < first_bad[0]:
             first_bad = (int(rows[0]), name)
     if not bad:
-        return tensors, feed
+        return values, extremes, n
     if n > 1 and len(bad) == n:
-        # Possibly a tensor that does not follow the batch axis: find the samples one
-        # by one.
-        kept_parts = []
-        for i in range(n):
-            one = {k: v[i : i + 1] for k, v in feed.items()}
-            if _run_checked(sess, out_names, one, 1, base + i, skip, order) is not None:
-                kept_parts.append(i)
-        if not kept_parts:
+        # Every sample flagged: perhaps a tensor that does not follow the batch axis.
+        # Look at the samples one by one (this raises for the first bad one).
+        good = [
+            i
+            for i in range(n)
+            if _observe(sess, fetch, _rows(feed, [i]), 1, base + i, skip, order) is not None
+        ]
+        if not good:
             return None
-        sub = {k: v[kept_parts] for k, v in feed.items()}
-        return _run(sess, out_names, sub, base), sub
+        return _observe(sess, fetch, _rows(feed, good), len(good), base, skip, order)
     if not skip:
         idx, name = first_bad
         raise CalibrationError(
@@ -370,8 +423,11 @@ def _run_checked(
     for i in sorted(bad):
         warnings.warn(f"skipping calibration sample {base + i}: NaN or Inf values", stacklevel=4)
     keep = [i for i in range(n) if i not in bad]
-    sub = {k: v[keep] for k, v in feed.items()}
-    return _run_checked(sess, out_names, sub, len(keep), base, skip, order)
+    return _observe(sess, fetch, _rows(feed, keep), len(keep), base, skip, order)
+
+
+def _rows(feed: dict[str, np.ndarray], rows: list[int]) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in feed.items()}
 
 
 def _run(sess, out_names: list[str], feed: dict[str, np.ndarray], base: int) -> dict:

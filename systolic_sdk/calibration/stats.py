@@ -241,12 +241,13 @@ class HistogramStats:
         counts = self._rebin(e, lo_i, hi_i) if self.total else np.zeros(hi_i - lo_i + 1, np.int64)
         scale = values.dtype.type(math.ldexp(1.0, -e))
         flat = values.ravel()
-        scaled = flat * scale
-        idx = np.floor(scaled).astype(np.int64)
+        scaled = flat * scale  # exact: a power of two
+        np.floor(scaled, out=scaled)
         if e > 0 and vmin < 0.0:
             # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
-            idx[(scaled == 0) & (flat < 0)] = -1
-        idx -= lo_i
+            scaled[(scaled == 0) & (flat < 0)] = -1
+        scaled -= scaled.dtype.type(lo_i)  # integers below 2**24 in magnitude: exact
+        idx = scaled.astype(np.intp)
         counts += np.bincount(idx, minlength=counts.size)
         self.exponent, self.offset, self.counts = e, lo_i, counts
         self.min, self.max = new_min, new_max

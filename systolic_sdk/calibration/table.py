@@ -6,7 +6,8 @@ anything else is text):
 * JSON: ``{"format": "systolic-calibration-table", "version": 1, "method": ...,
   "ranges": {tensor: [rmin, rmax]}}``. Floats are written with ``repr`` so they read
   back bit for bit. Reading also accepts onnxruntime's ``calibration.json`` (tensor ->
-  ``{"lowest", "highest"}``, plain or wrapped in ``TensorsData``).
+  ``{"lowest", "highest"}``, plain or wrapped in ``TensorsData``) and a plain
+  ``{tensor: [rmin, rmax]}``.
 * Text: one ``tensor rmin rmax`` line per tensor (the name may hold spaces). Reading also
   accepts onnxruntime's ``calibration.cache`` lines ``tensor value``, read as
   ``(-value, value)``.
@@ -160,9 +161,14 @@ def decode_json(data: bytes, origin: str = "table") -> Ranges:
         doc = doc["data"]
     out = {}
     for k, v in doc.items():
+        if isinstance(v, list) and len(v) == 2:  # plain {tensor: [rmin, rmax]}
+            where = f"{origin}: tensor '{k}'"
+            out[k] = (_num(v[0], where), _num(v[1], where))
+            continue
         if not isinstance(v, dict) or "lowest" not in v or "highest" not in v:
             raise CalibrationTableError(
-                f"{origin}: tensor '{k}': expected lowest/highest (not a calibration table?)"
+                f"{origin}: tensor '{k}': expected [rmin, rmax] or lowest/highest "
+                "(not a calibration table?)"
             )
         where = f"{origin}: tensor '{k}'"
         out[k] = (_num(v["lowest"], where), _num(v["highest"], where))

@@ -149,11 +149,10 @@ def run_calibration_and_quantize(
             backend=backend,
             **quant_kwargs,
         )
-        ranges = {}
-        if cache.exists():
-            ranges = {
-                k: (float(a), float(b)) for k, (a, b) in json.loads(cache.read_text()).items()
-            }
+        # The quantizer writes the ranges it calibrated as a cache (onnxruntime's
+        # TensorsData JSON); the table reader understands that form.
+        if table_in is None:
+            ranges = read_table(cache, "json") if cache.exists() else {}
     if table_out is not None and ranges:
         write_table(ranges, table_out, table_format, method=method if table_in is None else None)
     from systolic_sdk.graph.io import save_model

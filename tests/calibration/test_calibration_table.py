@@ -64,6 +64,8 @@ def test_we_read_onnxruntime_tables(tmp_path):
     assert read_table(tmp_path / "calibration.flatbuffers") == want
     assert read_table(tmp_path / "calibration.cache") == want
     assert read_table(tmp_path / "calibration.json") == want
+    (tmp_path / "plain.json").write_text('{"a": [-2.5, 2.5], "b": [-0.75, 0.75]}')
+    assert read_table(tmp_path / "plain.json") == want
 
 
 @pytest.mark.parametrize(
@@ -71,7 +73,7 @@ def test_we_read_onnxruntime_tables(tmp_path):
     [
         (b"", "empty calibration table"),
         (b"{not json", "not valid JSON"),
-        (b'{"a": [1, 2]}', "tensor 'a': expected lowest/highest"),
+        (b'{"a": [1, 2, 3]}', "tensor 'a': expected .rmin, rmax. or lowest/highest"),
         (b"a b c d\n", "line 1: expected"),
         (b"a 2.0 1.0\n", r"tensor 'a': invalid range \(2.0, 1.0\)"),
         (b"a nan 1.0\n", "invalid range"),

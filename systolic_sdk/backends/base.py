@@ -34,6 +34,9 @@ class Backend:
 
     - ``activation_params(rmin, rmax, qtype, symmetric, reduce_range) -> QuantParams``
     - ``weight_params(w, qtype, per_channel, axis, symmetric, reduce_range) -> QuantParams``
+    - ``quantize_weight(w, params) -> integer array`` (constants: weights, constant inputs)
+    - ``quantize_bias(bias, x_scale, weight_params, name) -> QuantizedBias`` (int32 bias
+      and the overflow guard)
     - ``config_hook(backend, config) -> config``: backend-specific adaptation, run by
       ``validate_config`` after the generic checks (warn and adapt, or raise when
       ``config.strict``).
@@ -61,6 +64,10 @@ class Backend:
     post_passes: Sequence[Pass] = ()
     activation_params: Callable[..., _params.QuantParams] = _params.activation_params
     weight_params: Callable[..., _params.QuantParams] = _params.weight_params
+    quantize_weight: Callable[[np.ndarray, _params.QuantParams], np.ndarray] = (
+        _params.quantize_weight
+    )
+    quantize_bias: Callable[..., _params.QuantizedBias] = _params.quantize_bias
     config_hook: Callable[[Backend, QuantConfig], QuantConfig] | None = None
     runner: Runner | None = None
     lowering: Pass | None = None

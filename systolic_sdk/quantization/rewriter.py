@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.graph.util import NameScope, consumers, opset_version, subgraph_inputs
 from systolic_sdk.quantization.config import QuantConfig, TensorOverride
-from systolic_sdk.quantization.params import QuantParams, compute_params, quant_range
+from systolic_sdk.quantization.params import QuantParams, quant_range
 from systolic_sdk.quantization.rules.base import OpRule
 from systolic_sdk.quantization.state import EdgeState, EdgeStates
 from systolic_sdk.quantization.types import OutputForm, QuantType
@@ -175,7 +175,9 @@ class RewriteContext:
         qtype = ov.quant_type or qtype
         try:
             if ov.rmin is not None and ov.rmax is not None and not ov.scale:
-                return compute_params(ov.rmin, ov.rmax, qtype, self.symmetric_activations)
+                return self.backend.activation_params(
+                    ov.rmin, ov.rmax, qtype, self.symmetric_activations, False
+                )
             scale = np.asarray(ov.scale, dtype=F32)
             axis = None
             if scale.size > 1:
@@ -215,9 +217,16 @@ class RewriteContext:
         rng = (w.min(), w.max()) if w.size else (0.0, 0.0)
         if override is not None:
             return self.override_params(name, override, self.config.activation_type, None, rng)
-        return compute_params(
-            rng[0], rng[1], self.config.activation_type, self.symmetric_activations
-        )
+        try:
+            return self.backend.activation_params(
+                float(rng[0]),
+                float(rng[1]),
+                self.config.activation_type,
+                self.symmetric_activations,
+                False,
+            )
+        except ValueError as exc:
+            raise QuantizationError(f"tensor '{name}': {exc}") from None
 
     # ---- emission ------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -307,12 +316,11 @@ class RewriteContext:
 
     def quantized_constant(self, name: str, params: QuantParams) -> EdgeState:
         """A constant stored quantized (shared when several nodes use it with equal params)."""
-        from systolic_sdk.quantization.params import quantize_weight
-
         key = (name, params.key())
         if key in self.states.constants:
             return self.states.constants[key]
-        q = self.add_initializer(f"{name}_quantized", quantize_weight(self.constant(name), params))
+        values = self.backend.quantize_weight(self.constant(name), params)
+        q = self.add_initializer(f"{name}_quantized", values)
         s, z = self.params_initializers(name, params)
         state = EdgeState(name, q, s, z, params.qtype, params, True)
         self.states.constants[key] = state
@@ -320,11 +328,19 @@ class RewriteContext:
 
     def quantized_array(self, base: str, array: np.ndarray, params: QuantParams) -> EdgeState:
         """A derived constant (e.g. transposed weights) stored quantized under a new name."""
-        from systolic_sdk.quantization.params import quantize_weight
-
-        q = self.add_initializer(f"{base}_quantized", quantize_weight(array, params))
+        q = self.add_initializer(f"{base}_quantized", self.backend.quantize_weight(array, params))
         s, z = self.params_initializers(base, params)
         return EdgeState(base, q, s, z, params.qtype, params, True)
+
+    def quantized_bias(self, bias_name: str, x_params: QuantParams, wp: QuantParams):
+        """The backend's int32 bias for ``bias_name`` (QuantizedBias, with the weight
+        parameters it needs: the overflow guard may enlarge them)."""
+        try:
+            return self.backend.quantize_bias(
+                self.constant(bias_name).reshape(-1), x_params.scale, wp, name=bias_name
+            )
+        except ValueError as exc:
+            raise QuantizationError(f"tensor '{bias_name}': {exc}") from None
 
     def bias_dequantized(self, name: str, values: np.ndarray, scale: np.ndarray, axis: int) -> str:
         """An int32 bias initializer with a DequantizeLinear (scale s_x*s_w, zero point 0)."""

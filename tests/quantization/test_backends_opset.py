@@ -142,6 +142,45 @@ def test_backend_passes_and_replaced_rules():
         unregister_backend("cpu_no_gemm")
 
 
+def test_backend_parameter_hooks():
+    """A backend's own scale formula and weight rounding are used by every rule."""
+    import dataclasses
+
+    from systolic_sdk.quantization.params import QuantParams, quantize_weight
+
+    def pow2_activation(rmin, rmax, qtype, symmetric, reduce_range):
+        m = max(abs(rmin), abs(rmax), 1e-8)
+        return QuantParams(np.float32(2.0 ** np.ceil(np.log2(m / 127))), np.int8(0), qtype)
+
+    calls: list[str] = []
+
+    def counting_quantize_weight(w, params):
+        calls.append(str(w.shape))
+        return quantize_weight(w, params)
+
+    cpu = get_backend("cpu")
+    backend = dataclasses.replace(
+        cpu,
+        name="pow2",
+        activation_types=frozenset({QuantType.QInt8}),
+        activation_params=pow2_activation,
+        quantize_weight=counting_quantize_weight,
+    )
+    register_backend(backend)
+    try:
+        q = quantize(conv_pool_gemm(13), backend="pow2", form=QOP)
+        act_scales = [
+            float(onnx.numpy_helper.to_array(t))
+            for t in q.graph.initializer
+            if t.name in {"x_scale", "a_scale", "y_scale"}
+        ]
+        assert len(act_scales) >= 2
+        assert all(np.log2(s) == np.round(np.log2(s)) for s in act_scales)
+        assert calls == ["(4, 2, 3, 3)", "(3, 16)"]
+    finally:
+        unregister_backend("pow2")
+
+
 @pytest.mark.parametrize("form", [QOP, QDQ, INT])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_opset9_model_is_upgraded(form, per_channel):

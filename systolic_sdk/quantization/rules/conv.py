@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from systolic_sdk.quantization.params import quantize_bias
 from systolic_sdk.quantization.rules.base import ALL_FORMS, OpRule, copy_attrs, qop_inputs
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
 from systolic_sdk.quantization.types import OutputForm
@@ -67,7 +66,7 @@ class ConvRule(OpRule):
             return False
         qbias = None
         if b is not None and (ctx.form == OutputForm.QOPERATOR or ctx.config.quantize_bias):
-            qbias = quantize_bias(ctx.constant(b), xp.scale, wp, name=b)
+            qbias = ctx.quantized_bias(b, xp, wp)
             wp = qbias.weight_params
         xs = ctx.quantized_activation(x)
         ws = ctx.quantized_constant(w, wp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx
 
-from systolic_sdk.quantization.params import QuantParams, quantize_bias
+from systolic_sdk.quantization.params import QuantParams
 from systolic_sdk.quantization.rules.base import (
     ALL_FORMS,
     OpRule,
@@ -164,7 +164,7 @@ class GemmRule(OpRule):
         qbias = None
         want_q_bias = ctx.form == OutputForm.QOPERATOR or ctx.config.quantize_bias
         if bias is not None and bias_1d and unit and want_q_bias:
-            qbias = quantize_bias(bias.reshape(-1), ap.scale, wp, name=c)
+            qbias = ctx.quantized_bias(c, ap, wp)
             wp = qbias.weight_params
         as_ = ctx.quantized_activation(a)
         ws = ctx.quantized_constant(b, wp)

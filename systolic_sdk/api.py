@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from systolic_sdk.calibration.reader import CalibrationDataReader
@@ -94,8 +95,9 @@ def quantize_static(
 
     Parameters as in ``onnxruntime.quantization.quantize_static``. ``quant_format`` may
     also be ``OutputForm.INTEGER`` (ConvInteger/MatMulInteger with static activations).
-    ``calibration_cache_path``: a JSON ``{tensor: [rmin, rmax]}`` file, read when it
-    exists (no calibration run), else written after calibrating. ``model_output`` None
+    ``calibration_cache_path``: onnxruntime's JSON calibration cache (also accepted:
+    ``{tensor: [rmin, rmax]}``), read when it exists (no calibration run), else written
+    after calibrating. ``model_output`` None
     writes nothing. ``use_external_data_format`` is accepted; models are written inline
     (models above 2 GiB are refused). Returns the quantized model.
     """
@@ -402,11 +404,11 @@ def _run(
     if wanted:
         cache_path = Path(cache) if cache is not None else None
         if cache_path is not None and cache_path.exists():
-            ranges = _read_cache(cache_path)
+            ranges = _read_cache(cache_path, method)
         elif reader is not None:
             ranges = _calibrate(prepared, reader, wanted, method, providers, config.extra_options)
             if cache_path is not None:
-                _write_cache(cache_path, ranges)
+                _write_cache(cache_path, ranges, method)
         missing = [n for n in wanted if n not in ranges]
         if missing:
             why = f"{missing_hint} and " if missing_hint else ""
@@ -493,17 +495,38 @@ def _calibrate(
     return calibrate(model, reader, names, method=method, **options)
 
 
-def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
+def _read_cache(path: Path, method: str) -> dict[str, tuple[float, float]]:
+    """Ranges from a calibration cache: onnxruntime's TensorsData JSON, or {tensor: [lo, hi]}."""
+    if not path.is_file():
+        raise SdkError(f"{path}: calibration cache path is not a file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SdkError(f"{path}: cannot read calibration cache ({exc})") from None
     if not isinstance(data, dict):
-        raise SdkError(f"{path}: calibration cache must map tensor names to [rmin, rmax]")
+        raise SdkError(f"{path}: calibration cache must be a JSON object")
+    if data.get("CLS") == "TensorsData":
+        cached = data.get("calibration_method")
+        if isinstance(cached, dict):
+            cached = str(cached.get("value", "")).split(".")[-1]
+        if _method_tag(method) != cached:
+            raise SdkError(
+                f"{path}: calibration cache was made with {cached}, not {_method_tag(method)}; "
+                "delete it or pass the matching calibrate_method"
+            )
+        entries = data.get("data")
+        if not isinstance(entries, dict):
+            raise SdkError(f"{path}: calibration cache has no 'data' object")
+        pairs = {
+            name: [_cache_float(v, "lowest", path, name), _cache_float(v, "highest", path, name)]
+            for name, v in entries.items()
+        }
+    else:
+        pairs = data
     ranges = {}
-    for name, value in data.items():
+    for name, value in pairs.items():
         if (
-            not isinstance(value, list)
+            not isinstance(value, (list, tuple))
             or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             or value[0] > value[1]
@@ -513,10 +536,44 @@ def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
     return ranges
 
 
-def _write_cache(path: Path, ranges: Mapping[str, tuple[float, float]]) -> None:
+def _cache_float(entry: Any, key: str, path: Path, name: str) -> float:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if isinstance(value, dict):
+        value = value.get("data")
+    flat = value if isinstance(value, (int, float)) else None
+    if isinstance(value, list) and len(value) == 1:
+        flat = value[0]
+    if not isinstance(flat, (int, float)) or isinstance(flat, bool):
+        raise SdkError(f"{path}: tensor '{name}': '{key}' is not one number")
+    return float(flat)
+
+
+def _write_cache(path: Path, ranges: Mapping[str, tuple[float, float]], method: str) -> None:
+    """Write ``ranges`` in onnxruntime's calibration-cache form (readable by both tools)."""
     out = check_output_path(path)
-    text = json.dumps({n: [float(a), float(b)] for n, (a, b) in ranges.items()}, indent=1)
-    write_bytes_atomic(out, text.encode("utf-8"))
+
+    def number(v: float) -> dict[str, Any]:
+        return {"data": float(np.float32(v)), "dtype": "float32", "CLS": "numpy.array"}
+
+    payload = {
+        "CLS": "TensorsData",
+        "data": {
+            n: {"lowest": number(lo), "highest": number(hi), "CLS": "TensorData"}
+            for n, (lo, hi) in ranges.items()
+        },
+        "calibration_method": {
+            "CLS": "CalibrationMethod",
+            "value": f"CalibrationMethod.{_method_tag(method)}",
+        },
+        "smooth_quant": False,
+    }
+    write_bytes_atomic(out, json.dumps(payload, indent=1).encode("utf-8"))
+
+
+def _method_tag(method: str) -> str:
+    """onnxruntime's CalibrationMethod name for one of our calibrators (else our name)."""
+    names = {v: k.name for k, v in _CALIBRATORS.items()}
+    return names.get(method, method)
 
 
 # ---------------------------------------------------------------- argument coercion

@@ -6,8 +6,6 @@ APIs hand it, so the argument mapping is checked on its own.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
@@ -18,7 +16,7 @@ import systolic_sdk
 from systolic_sdk import CalibrationMethod, QuantFormat, QuantizationMode, QuantType
 from systolic_sdk.calibration import ArrayReader
 from systolic_sdk.errors import SdkError
-from systolic_sdk.quantization.config import TensorOverride
+from systolic_sdk.quantization.config import QuantConfig, TensorOverride
 from systolic_sdk.quantization.types import OutputForm
 
 
@@ -112,14 +110,43 @@ def test_tensor_quant_overrides_in_onnxruntime_form(probe, tiny_model, tiny_cali
 
 
 def test_calibration_cache_written_then_reused(probe, tiny_model, tiny_calib, tmp_path):
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
     cache = tmp_path / "ranges.json"
     systolic_sdk.quantize_static(
         tiny_model, None, _reader(tiny_calib), calibration_cache_path=cache
     )
     first = probe.ranges
-    assert json.loads(cache.read_text())["x"] == list(first["x"])
+    # onnxruntime reads our cache ...
+    theirs = load_tensors_data(cache)
+    assert theirs.calibration_method.name == "MinMax"
+    assert float(theirs.data["x"].range_value[0]) == first["x"][0]
+    # ... and a second run reads it instead of calibrating (no reader given)
     systolic_sdk.quantize_static(tiny_model, None, None, calibration_cache_path=cache)
     assert probe.ranges == first
+    with pytest.raises(SdkError, match="made with MinMax, not Entropy"):
+        systolic_sdk.quantize_static(
+            tiny_model,
+            None,
+            None,
+            calibration_cache_path=cache,
+            calibrate_method=CalibrationMethod.Entropy,
+        )
+
+
+def test_reads_onnxruntime_calibration_cache(probe, tiny_model, tmp_path):
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    names = probe.tensors_to_calibrate(tiny_model, QuantConfig())
+    data = {
+        n: TensorData(lowest=np.float32(-i - 1), highest=np.float32(i + 0.5))
+        for i, n in enumerate(names)
+    }
+    cache = tmp_path / "ort_cache.json"
+    save_tensors_data(TensorsData(OrtMethod.MinMax, data), cache)
+    systolic_sdk.quantize_static(tiny_model, None, None, calibration_cache_path=cache)
+    assert probe.ranges == {n: (float(-i - 1), float(i + 0.5)) for i, n in enumerate(names)}
 
 
 def test_symmetric_calibration_ranges(probe, tiny_model, tiny_calib):

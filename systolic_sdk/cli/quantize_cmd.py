@@ -80,12 +80,14 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     type=click.Choice(QUANT_TYPES, case_sensitive=False),
     default="qint8",
     show_default=True,
+    help="Element type of quantized activations (dynamic mode: always quint8).",
 )
 @click.option(
     "--weight-type",
     type=click.Choice(QUANT_TYPES, case_sensitive=False),
     default="qint8",
     show_default=True,
+    help="Element type of quantized weights.",
 )
 @click.option(
     "--calibration-data",
@@ -129,7 +131,7 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     "--quantize-bias/--no-quantize-bias",
     default=True,
     show_default=True,
-    help="Quantize Conv/Gemm biases to int32.",
+    help="Quantize Conv/Gemm biases to int32 (qdq form; QOperator ops always take int32).",
 )
 @click.option(
     "--strict",

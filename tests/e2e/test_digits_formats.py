@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from systolic_sdk import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -53,4 +54,32 @@ def test_dynamic_integer_ops(
     model = check_written(out)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["DynamicQuantizeLinear"] and (ops["ConvInteger"] or ops["MatMulInteger"])
+    assert abs(score(out) - fp32_accuracy) <= TOLERANCE
+
+
+def test_onnxruntime_reader_and_enums_work_unchanged(
+    digits_model_path, digits_calib, tmp_path, score, fp32_accuracy
+):
+    """A script written for onnxruntime (its reader class and enums) runs after an import swap."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.split(digits_calib, 8))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(digits_model_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    check_written(out)
     assert abs(score(out) - fp32_accuracy) <= TOLERANCE

@@ -104,10 +104,12 @@ def quantize_linear(
     zp = _broadcast_param(zp, x.ndim, axis, x.shape, block_size)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = rne(np.divide(x, s, dtype=cd)).astype(np.float64)
-    # Saturate in float first so huge values and infinities do not overflow int64.
+    # Saturate in float first so huge values and infinities do not overflow int64; NaN
+    # saturates to the type's minimum (as onnxruntime's MINPS/MAXPS clamp and onnx's
+    # reference do).
     lo, hi = qrange(dtype)
     q = np.clip(q, lo - 2.0**31, hi + 2.0**31)
-    q = np.nan_to_num(q, nan=0.0).astype(np.int64) + zp
+    q = np.nan_to_num(q, nan=lo - 2.0**31).astype(np.int64) + zp
     return saturate(q, dtype)
 
 

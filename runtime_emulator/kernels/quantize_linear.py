@@ -137,7 +137,7 @@ def dynamic_quantize_linear(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
 ) -> list[np.ndarray]:
     """uint8 quantization with a scale and zero point taken from the data, all float32:
-    ``s = f32(max(0, max x) - min(0, min x)) / 255`` (1/255 when the range is empty),
+    ``s = f32(max(0, max x) - min(0, min x)) / 255`` (1 when the range is empty),
     ``zp = rne(clip(0 - min / s, 0, 255))``, ``y = sat(rne(x / s) + zp)``."""
     x = arg(inputs, 0, "x", ctx, True)
     if x.dtype != np.float32:
@@ -145,8 +145,8 @@ def dynamic_quantize_linear(
     f32 = np.float32
     hi = f32(max(f32(0), x.max())) if x.size else f32(0)
     lo = f32(min(f32(0), x.min())) if x.size else f32(0)
-    rng = f32(1) if hi == lo else np.subtract(hi, lo, dtype=f32)
-    scale = np.divide(rng, f32(255), dtype=f32)
+    # An empty range gives scale 1 (onnxruntime; onnx.reference divides that 1 by 255).
+    scale = f32(1) if hi == lo else np.divide(np.subtract(hi, lo, dtype=f32), f32(255), dtype=f32)
     initial = np.subtract(f32(0), np.divide(lo, scale, dtype=f32), dtype=f32)
     zp = dp.saturate(dp.rne(np.clip(initial, f32(0), f32(255))), np.uint8)
     y = dp.quantize_linear(x, scale, zp, np.uint8)

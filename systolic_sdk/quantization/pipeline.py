@@ -9,8 +9,9 @@ import onnx
 import systolic_sdk
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.context import RewriteContext
 from systolic_sdk.quantization.prepare import prepare_model
-from systolic_sdk.quantization.rewriter import RewriteContext, eligible_rule, walk
+from systolic_sdk.quantization.rewriter import eligible_rule, walk
 from systolic_sdk.quantization.warn import warn
 
 #: extra_options keys (onnxruntime's names) the core honours.

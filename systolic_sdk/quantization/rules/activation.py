@@ -15,6 +15,8 @@ The op stays float when its input is not quantized (unless ForceQuantizeNoInputC
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
@@ -23,6 +25,9 @@ from systolic_sdk.quantization.params import QuantParams
 from systolic_sdk.quantization.rules.base import LINEAR_FORMS, OpRule, attr_value
 from systolic_sdk.quantization.types import OutputForm
 
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
+
 INT_CLIP_OPSET = 12
 
 
@@ -30,7 +35,7 @@ class ActivationRule(OpRule):
     op_types = ("Relu", "Clip")
     forms = LINEAR_FORMS
 
-    def adjust_ranges(self, node: onnx.NodeProto, ctx) -> None:
+    def adjust_ranges(self, node: onnx.NodeProto, ctx: RewriteContext) -> None:
         x, y = node.input[0], node.output[0]
         if x in ctx.graph_outputs or x in ctx.config.tensor_overrides:
             return
@@ -39,7 +44,9 @@ class ActivationRule(OpRule):
         if y in ctx.ranges:
             ctx.ranges[x] = ctx.ranges[y]
 
-    def bounds(self, node: onnx.NodeProto, ctx) -> tuple[float | None, float | None] | None:
+    def bounds(
+        self, node: onnx.NodeProto, ctx: RewriteContext
+    ) -> tuple[float | None, float | None] | None:
         """The real (lo, hi) of the activation; None when not constant."""
         if node.op_type == "Relu":
             return 0.0, None
@@ -56,7 +63,7 @@ class ActivationRule(OpRule):
                 return None
         return out[0], out[1]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x, y = node.input[0], node.output[0]
         if not ctx.static or not ctx.is_activation(x):
             return False

@@ -15,9 +15,11 @@ import onnx
 from systolic_sdk.quantization.types import OutputForm
 
 if TYPE_CHECKING:
-    from systolic_sdk.quantization.rewriter import RewriteContext
+    from systolic_sdk.quantization.context import RewriteContext
     from systolic_sdk.quantization.state import EdgeState
 
+#: The domain of onnxruntime's contrib ops (QLinearAdd, QGemm, QLinearConcat, ...).
+MS_DOMAIN = "com.microsoft"
 ALL_FORMS = frozenset(OutputForm)
 LINEAR_FORMS = frozenset({OutputForm.QOPERATOR, OutputForm.QDQ})
 

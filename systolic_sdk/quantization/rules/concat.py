@@ -4,22 +4,31 @@ Each input keeps its own parameters (QLinearConcat requantizes to the output's).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
-from systolic_sdk.quantization.rules.base import LINEAR_FORMS, OpRule, copy_attrs, qop_inputs
+from systolic_sdk.quantization.rules.base import (
+    LINEAR_FORMS,
+    MS_DOMAIN,
+    OpRule,
+    copy_attrs,
+    qop_inputs,
+)
 from systolic_sdk.quantization.types import OutputForm
 
-MS_DOMAIN = "com.microsoft"
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 
 class ConcatRule(OpRule):
     op_types = ("Concat",)
     forms = LINEAR_FORMS
 
-    def activation_tensors(self, node, ctx):
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
         return [n for n in list(node.input) + [node.output[0]] if ctx.is_activation(n)]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         if not ctx.static or not node.input:
             return False
         y = node.output[0]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
 from systolic_sdk.quantization.rules.base import ALL_FORMS, OpRule, copy_attrs, qop_inputs
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
 from systolic_sdk.quantization.types import OutputForm
+
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 #: Conv weights [M, C/group, k...] are quantized per output channel: axis 0.
 WEIGHT_AXIS = 0
@@ -17,13 +22,13 @@ class ConvRule(OpRule):
     op_types = ("Conv",)
     forms = ALL_FORMS
 
-    def activation_tensors(self, node, ctx):
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
         names = [node.input[0]]
         if ctx.form != OutputForm.INTEGER:
             names.append(node.output[0])
         return [n for n in names if ctx.is_activation(n)]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = node.output[0]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
-from systolic_sdk.quantization.rules.base import LINEAR_FORMS, OpRule, qop_inputs
+from systolic_sdk.quantization.rules.base import LINEAR_FORMS, MS_DOMAIN, OpRule, qop_inputs
 from systolic_sdk.quantization.types import OutputForm
 
-MS_DOMAIN = "com.microsoft"
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 
 class BinaryRule(OpRule):
@@ -16,11 +19,11 @@ class BinaryRule(OpRule):
     op_types = ("Add", "Mul")
     forms = LINEAR_FORMS
 
-    def activation_tensors(self, node, ctx):
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
         names = list(node.input[:2]) + [node.output[0]]
         return [n for n in names if ctx.is_activation(n)]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         if not ctx.static or len(node.input) != 2:
             return False
         y = node.output[0]

@@ -7,17 +7,22 @@ in dynamic mode it is a Mul of the run-time activation scale and the weight scal
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from onnx import TensorProto
 
 from systolic_sdk.quantization.params import QuantParams
 from systolic_sdk.quantization.state import EdgeState
 
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
+
 F32 = np.float32
 
 
 def scaled_integer_output(
-    ctx,
+    ctx: RewriteContext,
     acc: str,
     xs: EdgeState,
     wp: QuantParams | None,

@@ -3,11 +3,14 @@ MatMulInteger (IntegerOps)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
 from systolic_sdk.quantization.params import QuantParams
 from systolic_sdk.quantization.rules.base import (
     ALL_FORMS,
+    MS_DOMAIN,
     OpRule,
     attr_value,
     copy_attrs,
@@ -16,7 +19,8 @@ from systolic_sdk.quantization.rules.base import (
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
 from systolic_sdk.quantization.types import OutputForm
 
-MS_DOMAIN = "com.microsoft"
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 
 class MatMulRule(OpRule):
@@ -26,13 +30,13 @@ class MatMulRule(OpRule):
     op_types = ("MatMul",)
     forms = ALL_FORMS
 
-    def activation_tensors(self, node, ctx):
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
         names = list(node.input[:2])
         if ctx.form != OutputForm.INTEGER:
             names.append(node.output[0])
         return [n for n in names if ctx.is_activation(n)]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         a, b = node.input[0], node.input[1]
         y = node.output[0]
         if not ctx.is_activation(a):
@@ -100,13 +104,13 @@ class GemmRule(OpRule):
     op_types = ("Gemm",)
     forms = ALL_FORMS
 
-    def activation_tensors(self, node, ctx):
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
         names = [node.input[0]]
         if ctx.form != OutputForm.INTEGER:
             names.append(node.output[0])
         return [n for n in names if ctx.is_activation(n)]
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         a, b = node.input[0], node.input[1]
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = node.output[0]

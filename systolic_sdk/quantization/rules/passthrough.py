@@ -8,10 +8,15 @@ integer tensor; QDQ writes DQ -> op -> Q with the input's parameters.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
 from systolic_sdk.quantization.rules.base import LINEAR_FORMS, OpRule
 from systolic_sdk.quantization.types import OutputForm
+
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 
 class PassThroughRule(OpRule):
@@ -20,10 +25,10 @@ class PassThroughRule(OpRule):
     #: Minimum opset at which the op accepts 8/16-bit integer tensors.
     min_opset = 1
 
-    def extra_ok(self, node: onnx.NodeProto, ctx) -> bool:
+    def extra_ok(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         return True
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x = node.input[0]
         if not ctx.static or not ctx.is_activation(x) or ctx.opset < self.min_opset:
             return False

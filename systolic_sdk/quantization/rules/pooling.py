@@ -4,10 +4,13 @@ GlobalAveragePool as com.microsoft QLinearAveragePool / QLinearGlobalAveragePool
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
 from systolic_sdk.quantization.rules.base import (
     LINEAR_FORMS,
+    MS_DOMAIN,
     OpRule,
     attr_value,
     copy_attrs,
@@ -16,14 +19,15 @@ from systolic_sdk.quantization.rules.base import (
 from systolic_sdk.quantization.rules.passthrough import PassThroughRule
 from systolic_sdk.quantization.types import OutputForm
 
-MS_DOMAIN = "com.microsoft"
+if TYPE_CHECKING:
+    from systolic_sdk.quantization.context import RewriteContext
 
 
 class MaxPoolRule(PassThroughRule):
     op_types = ("MaxPool",)
     min_opset = 12  # MaxPool accepts int8/uint8 from opset 12
 
-    def extra_ok(self, node: onnx.NodeProto, ctx) -> bool:
+    def extra_ok(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         return int(attr_value(node, "storage_order", 0)) == 0
 
 
@@ -31,7 +35,7 @@ class AveragePoolRule(OpRule):
     op_types = ("AveragePool", "GlobalAveragePool")
     forms = LINEAR_FORMS
 
-    def apply(self, node: onnx.NodeProto, ctx) -> bool:
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x, y = node.input[0], node.output[0]
         if not ctx.static or not ctx.is_activation(x):
             return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +67,9 @@ def run_demo(
 ) -> DemoResult:
     """Quantize ``model_dir``/model.onnx (calibrated on calib.npz) and score both models.
 
-    ``quant_format`` is qdq or qoperator (static, calibrated) or integer (dynamic). Both
-    models run in onnxruntime on test.npz (``input``, ``label``). Writes only ``output``.
+    ``quant_format`` is qdq or qoperator (static, calibrated) or integer (dynamic). On
+    test.npz (``input``, ``label``) the fp32 model runs in onnxruntime and the quantized
+    one as its backend runs it (onnxruntime for cpu). Writes only ``output``.
     """
     from systolic_sdk import api
     from systolic_sdk.calibration import ArrayReader
@@ -101,9 +104,11 @@ def run_demo(
             weight_type=weight_type,
             backend=backend,
         )
+    from systolic_sdk.backends import get_backend
+
     x, labels = test["input"], test["label"]
-    ref = _predict(model, input_name, x)
-    got = _predict(quantized, input_name, x)
+    ref = _predict(_onnxruntime_runner(model), input_name, x)
+    got = _predict(functools.partial(get_backend(backend).run, quantized), input_name, x)
     if out is not None:
         api.save_output(quantized, out)
     granularity = "per-channel" if per_channel else "per-tensor"
@@ -135,7 +140,7 @@ def _arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise SdkError(f"{path}: cannot read ({exc})") from None
 
 
-def _predict(model: onnx.ModelProto, input_name: str, x: np.ndarray) -> np.ndarray:
+def _onnxruntime_runner(model: onnx.ModelProto) -> Callable[[dict], list[np.ndarray]]:
     import onnxruntime as ort
 
     try:
@@ -143,8 +148,13 @@ def _predict(model: onnx.ModelProto, input_name: str, x: np.ndarray) -> np.ndarr
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SdkError(f"onnxruntime cannot load the model: {first}") from None
+    return lambda feeds: sess.run(None, feeds)
+
+
+def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.ndarray) -> np.ndarray:
+    """Predicted classes (argmax of the first output), in batches."""
     preds = [
-        sess.run(None, {input_name: x[i : i + EVAL_BATCH]})[0].argmax(axis=1)
+        np.asarray(run({input_name: x[i : i + EVAL_BATCH]})[0]).argmax(axis=1)
         for i in range(0, len(x), EVAL_BATCH)
     ]
     return np.concatenate(preds)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import onnx
 
+from systolic_sdk.calibration import METHODS
 from systolic_sdk.cli.common import (
     CONTEXT_SETTINGS,
     FORMATS,
@@ -21,7 +22,7 @@ from systolic_sdk.errors import SdkError
 from systolic_sdk.graph.io import check_output_path, load_model
 from systolic_sdk.quantization.types import OutputForm, QuantType
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse", "minmax_avg", "naive")
+CALIBRATION_METHODS = tuple(METHODS)
 
 EPILOG = """\b
 Examples:

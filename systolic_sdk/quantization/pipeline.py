@@ -58,6 +58,21 @@ def _check_options(config: QuantConfig) -> None:
             warn(f"extra option '{key}' is not supported by the quantizer; ignored")
 
 
+def _check_selection(model: onnx.ModelProto, config: QuantConfig, backend) -> None:
+    """Warn about node names and op types in the options that select nothing."""
+    names = {n.name for n in model.graph.node}
+    for option in ("nodes_to_quantize", "nodes_to_exclude"):
+        for name in sorted(getattr(config, option) or ()):
+            if name not in names:
+                warn(f"{option}: the model has no node named '{name}'")
+    for op in sorted(config.op_types_to_quantize or ()):
+        if op not in backend.rules:
+            warn(
+                f"op_types_to_quantize: backend '{backend.name}' has no rule for '{op}'; "
+                "such nodes stay float"
+            )
+
+
 def quantize_model(
     model: onnx.ModelProto,
     config: QuantConfig,
@@ -73,6 +88,7 @@ def quantize_model(
     config = backend.validate_config(config)
     _check_options(config)
     prepared = prepare_model(model, config)
+    _check_selection(prepared, config, backend)
     for p in backend.pre_passes:
         prepared = p(prepared)
     ctx = RewriteContext(prepared, config, backend, ranges if config.static else None)

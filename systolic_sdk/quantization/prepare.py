@@ -35,7 +35,8 @@ def required_opset(model: onnx.ModelProto, config: QuantConfig) -> tuple[int, st
     if current < MIN_OPSET:
         need, why = UPGRADE_TARGET, f"quantization needs opset >= {MIN_OPSET}"
     if config.form == OutputForm.QDQ:
-        if config.per_channel and need < PER_CHANNEL_QDQ_OPSET:
+        per_channel_override = any(len(o.scale) > 1 for o in config.tensor_overrides.values())
+        if (config.per_channel or per_channel_override) and need < PER_CHANNEL_QDQ_OPSET:
             need, why = PER_CHANNEL_QDQ_OPSET, "per-channel QDQ needs opset 13"
         types = {config.activation_type, config.weight_type}
         types |= {o.quant_type for o in config.tensor_overrides.values() if o.quant_type}

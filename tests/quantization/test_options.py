@@ -206,3 +206,21 @@ def test_qdq_keep_removable_activations():
     relu = next(n for n in q.graph.node if n.op_type == "Relu")
     producer = {o: n for n in q.graph.node for o in n.output}[relu.input[0]]
     assert producer.op_type == "DequantizeLinear"
+
+
+def test_selection_options_that_select_nothing_warn():
+    model = conv_matmul_model()
+    with pytest.warns(QuantizationWarning, match="no node named 'nope'"):
+        quantize(model, form=QOP, nodes_to_exclude=frozenset({"nope"}))
+    with pytest.warns(QuantizationWarning, match="no rule for 'Softmax'"):
+        quantize(model, form=QOP, op_types_to_quantize=frozenset({"Softmax", "Conv"}))
+
+
+def test_per_channel_override_in_qdq_upgrades_opset():
+    inits_: dict = {}
+    model = make_model(
+        [conv("c1", "x", "y", 3, 2, inits_)], [("x", [1, 3, 4, 4])], ["y"], inits_, opset=11
+    )
+    ov = {"c1_w": TensorOverride(scale=(0.01, 0.02), zero_point=(0, 0), axis=0)}
+    q = quantize(model, form=QDQ, tensor_overrides=ov)
+    assert next(o.version for o in q.opset_import if o.domain == "") == 13

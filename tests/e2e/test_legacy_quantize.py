@@ -82,3 +82,29 @@ def test_legacy_mode(
     assert bool(ops["DynamicQuantizeLinear"]) is dynamic
     assert "Gemm" in ops  # only Conv and MatMul are quantized by this API
     assert abs(score(q) - fp32_accuracy) <= TOLERANCE
+
+
+def test_legacy_on_an_old_opset(make_tiny_model, tiny_calib):
+    """Models of the original API's era (opset < 10) are upgraded before QLinear ops."""
+    model = make_tiny_model(opset=9)
+    ranges = {}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in ("c", "f"))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, c, f = sess.run(None, {"x": tiny_calib})
+    for name, v in (("x", tiny_calib), ("c", c), ("f", f), ("y", y)):
+        ranges[name] = _uint8_params(float(v.min()), float(v.max()))
+    q = quantize(
+        model,
+        quantization_mode=QuantizationMode.QLinearOps_Static,
+        input_quantization_params={k: ranges[k] for k in ("x", "f")},
+        output_quantization_params={k: ranges[k] for k in ("c", "y")},
+    )
+    assert max(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 10
+    ops = Counter(n.op_type for n in q.graph.node)
+    assert ops["QLinearConv"] == 1 and ops["QLinearMatMul"] == 1
+    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = got.run(None, {"x": tiny_calib})[0]
+    scale = float(ranges["y"][1])
+    assert np.abs(out - y).max() <= 3 * scale  # measured: 1.6 output steps

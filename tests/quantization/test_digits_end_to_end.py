@@ -84,3 +84,16 @@ def test_digits_every_form(
         assert zp_types == {act.onnx_type}
     accuracy = _accuracy(q, *digits_test)
     assert abs(accuracy - fp32_accuracy) <= 1.0, (accuracy, fp32_accuracy)
+
+
+def test_digits_with_sdk_calibration(digits_model, digits_calib, digits_test, fp32_accuracy):
+    """Ranges from systolic_sdk.calibration.calibrate over exactly the listed tensors."""
+    from systolic_sdk.calibration import calibrate
+    from systolic_sdk.calibration.reader import ArrayReader
+
+    cfg = QuantConfig(form=QDQ, per_channel=True, activation_type=U8)
+    names = tensors_to_calibrate(digits_model, cfg)
+    ranges = calibrate(digits_model, ArrayReader({"input": digits_calib}, batch_size=50), names)
+    assert set(ranges) == set(names)
+    q = quantize_model(digits_model, cfg, ranges)
+    assert abs(_accuracy(q, *digits_test) - fp32_accuracy) <= 1.0

@@ -41,6 +41,8 @@ class ActivationRule(OpRule):
             return
         if len(ctx.consumers.get(x, [])) != 1 or x not in ctx.producer_names:
             return
+        if self.bounds(node, ctx) is None:  # the rule will not apply: keep the range
+            return
         if y in ctx.ranges:
             ctx.ranges[x] = ctx.ranges[y]
 

@@ -171,22 +171,34 @@ class _Batcher:
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], int]]:
         pending: list[dict[str, np.ndarray]] = []
         rows = 0
+
+        def flush() -> tuple[dict[str, np.ndarray], int]:
+            nonlocal pending, rows
+            if len(pending) == 1:
+                batch = pending[0]
+            else:
+                batch = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            out = (batch, len(pending))
+            pending, rows = [], 0
+            return out
+
         while True:
             feed = self.reader.get_next()
-            if feed is not None:
-                pending.append(dict(feed))
-                rows += _num_samples(feed)
-            full = not self.batchable or rows >= self.target
-            if pending and (feed is None or full):
-                if len(pending) == 1:
-                    batch = pending[0]
-                else:
-                    batch = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-                used = len(pending)
-                pending, rows = [], 0
-                yield batch, used
             if feed is None:
+                if pending:
+                    yield flush()
                 return
+            feed = dict(feed)
+            if pending and _signature(feed) != _signature(pending[0]):
+                yield flush()  # samples of another shape: not concatenable
+            pending.append(feed)
+            rows += _num_samples(feed)
+            if not self.batchable or rows >= self.target:
+                yield flush()
+
+
+def _signature(feed: dict[str, np.ndarray]) -> tuple:
+    return tuple((k, np.shape(v)[1:], np.asarray(v).dtype) for k, v in feed.items())
 
 
 class _Progress:

@@ -8,7 +8,8 @@ minmax     global min and max; with ``moving_average=True`` the exponential min/
            moving average of per-sample extremes (``averaging_constant``)
 minmax_avg average over samples of the per-sample min and max               min/max
 percentile ``|x|`` at the ``percentile`` (default 99.999), clipped to data  histogram
-entropy    KL-divergence threshold on ``|x|`` (TensorRT's method)          histogram
+entropy    KL-divergence threshold on ``|x|`` (TensorRT's method; the     histogram
+           quantized bins double for one-sided data)
 mse        threshold on ``|x|`` minimizing the expected quantization MSE    histogram
 ========== ================================================================ ===========
 
@@ -102,6 +103,13 @@ def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, flo
         counts = np.add.reduceat(counts, np.arange(0, counts.size, 2))
         width *= 2.0
     n = counts.size
+    if n > 1:
+        # The spike of exact zeros (ReLU outputs, padding) would dominate the divergence
+        # and pull the threshold down; flatten it as TensorRT-style calibrators do.
+        counts[0] = counts[1]
+    if st.minmax.min >= 0.0 or st.minmax.max <= 0.0:
+        # One-sided data: an asymmetric 8-bit range spends all its levels on [0, t].
+        num_quantized_bins *= 2
     if n <= num_quantized_bins:
         return _clip(st, n * width)
     stride = max(1, (n - num_quantized_bins) // 512)

@@ -179,3 +179,27 @@ def _overflow_model() -> onnx.ModelProto:
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_feeds_of_different_sizes_are_not_concatenated():
+    import onnx.helper as oh
+    from onnx import TensorProto
+
+    graph = oh.make_graph(
+        [oh.make_node("Relu", ["x"], ["y"])],
+        "dyn",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L"])],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    feeds = [{"x": np.full((1, n), float(n) - 3, np.float32)} for n in (2, 2, 5, 1)]
+    got = calibrate(model, _Listy(feeds), method="minmax_avg", batch_size=8)
+    assert got["x"] == pytest.approx((np.mean([-1, -1, 2, -2]), np.mean([-1, -1, 2, -2])))
+    assert got["y"] == (0.5, 0.5)  # per-sample values 0, 0, 2, 0
+
+
+def test_progress_bar_only_when_asked(model, samples, capsys):
+    calibrate(model, ArrayReader({"x": samples}))
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
+    calibrate(model, ArrayReader({"x": samples}), progress=True)
+    assert "calibrating" in capsys.readouterr().err

@@ -254,3 +254,12 @@ def test_invalid_quantized_model_is_not_written(runner, work, tiny_model_path, m
     res = _run(runner, [tiny_model_path, "-o", out, "--mode", "dynamic"])
     assert_user_error(res, "onnx.checker")
     assert_nothing_written(out)
+
+
+def test_calibration_data_that_does_not_fit_the_model(runner, work, tiny_model_path):
+    wrong = work / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 3, 9, 9), np.float32))
+    out = work / "q.onnx"
+    res = _run(runner, [tiny_model_path, "-o", out, "--calibration-data", wrong])
+    assert_user_error(res, "wrong.npz")
+    assert_nothing_written(out)

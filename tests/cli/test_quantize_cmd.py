@@ -58,7 +58,8 @@ def test_static_formats(runner, tmp_path, digits_dir, digits_test, extra):
 
 def test_dynamic_needs_no_data(runner, tmp_path, digits_dir):
     out = tmp_path / "q.onnx"
-    _ok(runner, [digits_dir / "model.onnx", "-o", out, "--mode", "dynamic", "-q"])
+    res = _ok(runner, [digits_dir / "model.onnx", "-o", out, "--mode", "dynamic", "-q"])
+    assert res.output == ""
     ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
     assert ops["DynamicQuantizeLinear"] and ops["ConvInteger"] == 4
 

@@ -312,8 +312,17 @@ def resolve_pads(
     strides: list[int],
     dilations: list[int],
     pads: list[int] | None,
+    *,
+    allow_negative: bool = False,
 ) -> list[int]:
-    """Explicit pads ``[b1, b2, ..., e1, e2, ...]`` for a conv or pool (ONNX auto_pad rules)."""
+    """Explicit pads ``[b1, b2, ..., e1, e2, ...]`` for a conv or pool (ONNX auto_pad rules).
+
+    SAME_*: ``out = ceil(in / stride)``, ``total = (out - 1) * stride + (k - 1) * d + 1 - in``
+    split as C integer division does (UPPER: ``total / 2`` before, the rest after; LOWER:
+    ``(total + 1) / 2`` before). Convs clamp ``total`` at 0; pools keep a negative total
+    (a window smaller than the stride crops the input, as onnxruntime and onnx.reference
+    do) when ``allow_negative``.
+    """
     n = len(in_shape)
     if auto_pad in ("", "NOTSET"):
         return list(pads) if pads else [0] * (2 * n)
@@ -324,10 +333,11 @@ def resolve_pads(
     begin, end = [0] * n, [0] * n
     for i in range(n):
         out = -(-in_shape[i] // strides[i])
-        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i])
-        small = total // 2
-        upper = auto_pad == "SAME_UPPER"
-        begin[i], end[i] = (small, total - small) if upper else (total - small, small)
+        total = (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i]
+        if not allow_negative:
+            total = max(0, total)
+        head = int(total / 2) if auto_pad == "SAME_UPPER" else int((total + 1) / 2)
+        begin[i], end[i] = head, total - head
     return begin + end
 
 
@@ -533,6 +543,13 @@ def max_pool(
     """
     n = len(kernel)
     dilations = list(dilations or [1] * n)
+    if min(pads, default=0) < 0:
+        # Negative pads crop the input.
+        crop = tuple(
+            slice(max(0, -pads[i]), x.shape[2 + i] - max(0, -pads[i + n])) for i in range(n)
+        )
+        x = x[(slice(None), slice(None)) + crop]
+        pads = [max(0, p) for p in pads]
     sizes = x.shape[2:]
     outs = [
         pool_output_size(

@@ -41,7 +41,9 @@ def max_pool(
         raise fail(ctx, f"unknown auto_pad {auto_pad!r}")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID") and ceil_mode:
         raise fail(ctx, "ceil_mode cannot be combined with auto_pad")
-    pads = dp.resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    pads = dp.resolve_pads(
+        auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"), allow_negative=True
+    )
     if len(pads) != 2 * n or len(strides) != n or len(dilations) != n:
         raise fail(ctx, "pads, strides and dilations must match the pool's rank")
     for i in range(n):

@@ -8,6 +8,11 @@ Public API::
         -> CalibrationDataReader
     collect(model, reader, ...) -> {tensor: TensorStats}   (mergeable statistics)
     compute_ranges(stats, method, **options) -> {tensor: (rmin, rmax)}
+    write_table(ranges, path, fmt=None) / read_table(path, fmt=None)   (JSON, text,
+        onnxruntime's TensorRT FlatBuffers)
+
+Statistics (:mod:`.stats`) are updated per batch and merge exactly: collect on several
+shards (or processes; they pickle), ``merge_all`` them, then ``compute_ranges``.
 """
 
 from systolic_sdk.calibration.collect import calibratable_tensors, calibrate, collect
@@ -16,6 +21,7 @@ from systolic_sdk.calibration.preprocess import PREPROCESSORS, register_preproce
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
 from systolic_sdk.calibration.sources import DataSourceError, open_source
 from systolic_sdk.calibration.stats import HistogramStats, MinMaxStats, TensorStats, merge_all
+from systolic_sdk.calibration.table import read_table, write_table
 
 __all__ = [
     "METHODS",
@@ -33,5 +39,7 @@ __all__ = [
     "compute_ranges",
     "merge_all",
     "open_source",
+    "read_table",
     "register_preprocessor",
+    "write_table",
 ]

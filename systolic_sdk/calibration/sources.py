@@ -20,6 +20,7 @@ the model before any inference.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -150,7 +151,8 @@ class ChunkReader(CalibrationDataReader):
         self._chunks = chunks
         self._specs = specs
         fixed = {s.dims[0] for s in specs if s.dims and s.dims[0] is not None}
-        self._batch = fixed.pop() if len(fixed) == 1 else max(1, int(batch_size))
+        self._fixed = len(fixed) == 1
+        self._batch = fixed.pop() if self._fixed else max(1, int(batch_size))
         total = num_samples if dataset_size is None else min(num_samples, dataset_size)
         self.num_samples = total
         self.description = description
@@ -180,7 +182,13 @@ class ChunkReader(CalibrationDataReader):
                 if rows == self._batch:
                     yield _concat(pending)
                     pending, rows = [], 0
-        if pending:
+        if pending and self._fixed:
+            warnings.warn(
+                f"{self.description}: dropping the last {rows} sample(s): the model's batch "
+                f"dimension is fixed at {self._batch}",
+                stacklevel=2,
+            )
+        elif pending:
             yield _concat(pending)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

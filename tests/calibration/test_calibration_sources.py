@@ -158,3 +158,11 @@ def test_bad_paths_and_counts(tmp_path, model):
     (tmp_path / "garbage.pb").write_bytes(b"\xff\xff\xff garbage")
     with pytest.raises(SdkError, match="not a TensorProto"):
         open_source(tmp_path / "garbage.pb", model)
+
+
+def test_fixed_batch_of_two_drops_the_incomplete_tail(tmp_path, samples):
+    model = conv_model(batch=2)
+    np.save(tmp_path / "x.npy", samples[:5])
+    with pytest.warns(UserWarning, match="dropping the last 1 sample"):
+        feeds = drain(open_source(tmp_path / "x.npy", model))
+    assert [len(f["x"]) for f in feeds] == [2, 2]

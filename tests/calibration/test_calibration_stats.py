@@ -181,3 +181,19 @@ def test_naive_and_minmax_avg_via_compute_ranges():
     assert compute_ranges({"t": s}, "minmax_avg") == {"t": (-2.0, 3.0)}
     with pytest.raises(Exception, match="needs a histogram"):
         compute_ranges({"t": s}, "entropy")
+
+
+def test_statistics_pickle_and_merge_across_processes():
+    import pickle
+
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(500).astype(np.float32), rng.standard_normal(700).astype(np.float32)
+    parts = [_stats(a), _stats(b)]
+    shipped = [pickle.loads(pickle.dumps(p)) for p in parts]  # as from worker processes
+    from systolic_sdk.calibration import merge_all
+
+    merged = merge_all(shipped)
+    whole = _stats(np.concatenate([a, b]))  # one sample: per-sample averages differ
+    for method in ("naive", "percentile", "entropy", "mse"):
+        assert compute_ranges(merged, method) == compute_ranges(whole, method)
+    assert merged["t"].minmax.mean_max == (float(a.max()) + float(b.max())) / 2

@@ -225,6 +225,8 @@ def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 #: sum of integer products whose absolute values add up to at most that bound.
 F32_EXACT = 2**24
 F64_EXACT = 2**53
+#: float32 chunks per GEMM; their exact results (each <= 2**24) are summed in int32.
+MAX_F32_CHUNKS = 16
 
 
 def _absmax(a: np.ndarray) -> int:
@@ -239,13 +241,14 @@ def gemm_plan(k: int, a_absmax: int, b_absmax: int) -> tuple[np.dtype, int]:
     Returns ``(dtype, chunk)``: the compute dtype (float32, float64 or int64) and the
     number of products per chunk, such that every partial sum any BLAS summation order
     can form, ``<= chunk * a_absmax * b_absmax``, is an exactly representable integer.
-    float32 is used when at most two chunks cover ``k`` (it is about twice as fast as
-    float64 BLAS), else float64 when one chunk does, else int64 (always exact).
+    float32 BLAS (about twice as fast as float64) is used when at most
+    :data:`MAX_F32_CHUNKS` chunks cover ``k`` (their int32 sum cannot overflow), else
+    float64 when one chunk does, else int64 (always exact).
     """
     p = max(a_absmax * b_absmax, 1)
     k = max(k, 1)
     chunk32 = F32_EXACT // p
-    if chunk32 >= 1 and -(-k // chunk32) <= 2:
+    if chunk32 >= 1 and -(-k // chunk32) <= MAX_F32_CHUNKS:
         return np.dtype(np.float32), min(chunk32, k)
     if k * p <= F64_EXACT:
         return np.dtype(np.float64), k
@@ -268,7 +271,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _chunked_matmul(a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
     """``a @ b`` with K split in chunks of exact partial sums.
 
-    float32 results (at most two chunks of at most 2**24 each) come back as int32, which
+    float32 results (at most 16 chunks of at most 2**24 each) come back as int32, which
     cannot overflow; float64 and int64 results as int64.
     """
     k = a.shape[-1]

@@ -184,7 +184,9 @@ def test_fma_f32_rounds_once(a: float, b: float, c: float) -> None:
 def test_gemm_plan_bounds() -> None:
     assert dp.gemm_plan(1024, 128, 128) == (np.dtype(np.float32), 1024)  # 2**24 exactly
     assert dp.gemm_plan(1025, 128, 128) == (np.dtype(np.float32), 1024)  # two chunks
-    assert dp.gemm_plan(4096, 128, 128)[0] == np.float64
+    assert dp.gemm_plan(4096, 128, 128) == (np.dtype(np.float32), 1024)  # four chunks
+    assert dp.gemm_plan(16 * 1024 + 1, 128, 128)[0] == np.float64
+    assert dp.gemm_plan(2**24, 1, 1) == (np.dtype(np.float32), 2**24)
     assert dp.gemm_plan(2**40, 255, 255)[0] == np.int64
 
 

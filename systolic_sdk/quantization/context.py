@@ -43,7 +43,7 @@ class RewriteContext:
         self.form: OutputForm = config.form
         self.static: bool = config.static
         self.ranges: dict[str, tuple[float, float]] = {
-            k: (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()
+            k: (_scalar(v[0]), _scalar(v[1])) for k, v in (ranges or {}).items()
         }
         self.opset = opset_version(model)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -432,6 +432,11 @@ class RewriteContext:
             state = self.declare_quantized(out, q, params)
             extra = {"axis": params.axis} if params.per_channel else {}
             self.add_node("QuantizeLinear", [raw, state.scale_name, state.zp_name], [q], **extra)
+
+
+def _scalar(v) -> float:
+    """A range bound as a Python float (accepts numpy scalars and 1-element arrays)."""
+    return float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
 
 
 def _pick(*choices):

@@ -75,7 +75,20 @@ def prepare_model(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProt
         out = onnx.shape_inference.infer_shapes(out)
     except Exception:  # inference is best effort: unknown shapes only disable some rules
         pass
+    _complete_output_types(out.graph)
     return out
+
+
+def _complete_output_types(graph: onnx.GraphProto) -> None:
+    """Give graph outputs without a type or shape the inferred one (the full checker
+    requires output shapes)."""
+    inferred = {v.name: v for v in graph.value_info}
+    for out in graph.output:
+        tt = out.type.tensor_type
+        if (not tt.elem_type or not tt.HasField("shape")) and out.name in inferred:
+            known = inferred[out.name].type.tensor_type
+            if known.elem_type and known.HasField("shape"):
+                out.type.CopyFrom(inferred[out.name].type)
 
 
 def _raise_ir_version(model: onnx.ModelProto) -> None:

@@ -199,3 +199,18 @@ def test_prepare_names_nodes_and_lifts_constants():
     assert op_count(prepared, "Constant") == 0
     q = quantize(model, form=QOP)
     assert op_count(q, "QLinearMatMul") == 2
+
+
+def test_ranges_accept_numpy_values_and_outputs_get_shapes():
+    model = chain_conv_relu_conv()
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    cfg = QuantConfig(form=QOP)
+    feeds = feeds_for(model)
+    names = tensors_to_calibrate(model, cfg)
+    ranges = {
+        k: (np.array([lo], np.float32), np.float32(hi))
+        for k, (lo, hi) in minmax_ranges(model, feeds, names).items()
+    }
+    q = quantize_model(model, cfg, ranges)
+    assert q.graph.output[0].type.tensor_type.HasField("shape")
+    np.testing.assert_allclose(run(q, feeds)[0], run(model, feeds)[0], atol=0.1)

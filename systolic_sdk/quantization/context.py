@@ -151,7 +151,15 @@ class RewriteContext:
             wmax = w.max(axis=tuple(i for i in range(w.ndim) if i != axis)) if w.size else 0
             if len(override.scale) <= 1:
                 wmin, wmax = np.min(wmin), np.max(wmax)
-            return self.override_params(name, override, qtype, axis, (wmin, wmax))
+            params = self.override_params(
+                name, override, qtype, axis, (wmin, wmax), self.symmetric_weights
+            )
+            if params.per_channel and params.scale.size != w.shape[params.axis % w.ndim]:
+                raise QuantizationError(
+                    f"tensor '{name}': override has {params.scale.size} scales but axis "
+                    f"{params.axis} has {w.shape[params.axis % w.ndim]} channels"
+                )
+            return params
         per_channel = per_channel and w.ndim > 0 and w.size > 0
         try:
             return self.backend.weight_params(
@@ -167,14 +175,18 @@ class RewriteContext:
         qtype: QuantType,
         default_axis: int | None,
         rng: tuple | None,
+        symmetric: bool | None = None,
     ) -> QuantParams:
-        """Parameters given verbatim by a TensorOverride (zero point chosen if absent)."""
+        """Parameters given verbatim by a TensorOverride.
+
+        Without a zero point: symmetric -> the middle of the type's range (0 for signed
+        types); asymmetric -> from the tensor's range so that its minimum maps to qmin.
+        """
+        symmetric = self.symmetric_activations if symmetric is None else symmetric
         qtype = ov.quant_type or qtype
         try:
             if ov.rmin is not None and ov.rmax is not None and not ov.scale:
-                return self.backend.activation_params(
-                    ov.rmin, ov.rmax, qtype, self.symmetric_activations, False
-                )
+                return self.backend.activation_params(ov.rmin, ov.rmax, qtype, symmetric, False)
             scale = np.asarray(ov.scale, dtype=F32)
             axis = None
             if scale.size > 1:
@@ -187,7 +199,7 @@ class RewriteContext:
                 zp = np.asarray(ov.zero_point, dtype=np.int64).reshape(scale.shape)
             else:
                 qmin, qmax = quant_range(qtype)
-                if rng is not None and not self.symmetric_activations:
+                if rng is not None and not symmetric:
                     lo = np.minimum(np.asarray(rng[0], dtype=F32), F32(0))
                     zp = rne(np.subtract(F32(qmin), np.divide(lo, scale, dtype=F32), dtype=F32))
                     zp = np.clip(np.broadcast_to(zp, scale.shape), qmin, qmax).astype(np.int64)

@@ -224,3 +224,33 @@ def test_per_channel_override_in_qdq_upgrades_opset():
     ov = {"c1_w": TensorOverride(scale=(0.01, 0.02), zero_point=(0, 0), axis=0)}
     q = quantize(model, form=QDQ, tensor_overrides=ov)
     assert next(o.version for o in q.opset_import if o.domain == "") == 13
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (TensorOverride(scale=(0.0,)), "tensor 'a': invalid override: scale must be"),
+        (TensorOverride(scale=(0.1,), zero_point=(300,)), "tensor 'a': invalid override"),
+        (TensorOverride(scale=(0.1, 0.2)), "tensor 'a': invalid override: per-channel"),
+    ],
+)
+def test_invalid_activation_override_is_refused(override, message):
+    with pytest.raises(QuantizationError, match=message):
+        quantize(
+            chain_conv_relu_conv(),
+            form=QOP,
+            activation_type=QuantType.QUInt8,
+            tensor_overrides={"a": override},
+        )
+
+
+def test_weight_override_channel_count_checked():
+    ov = {"c1_w": TensorOverride(scale=(0.1, 0.2), zero_point=(0, 0), axis=0)}
+    with pytest.raises(QuantizationError, match="'c1_w': override has 2 scales but axis 0 has 4"):
+        quantize(chain_conv_relu_conv(), form=QDQ, tensor_overrides=ov)
+
+
+def test_weight_override_without_zero_point_is_symmetric():
+    ov = {"c1_w": TensorOverride(scale=(0.01,))}
+    q = quantize(chain_conv_relu_conv(), form=QOP, weight_type=QuantType.QInt8, tensor_overrides=ov)
+    assert int(inits(q)["c1_w_zero_point"]) == 0

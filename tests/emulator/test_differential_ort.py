@@ -9,6 +9,9 @@ mismatches (see runtime_emulator/README.md).
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -288,3 +291,50 @@ def test_saturation_and_k4096_matmul_match_onnxruntime() -> None:
             _assert_same(got, want)
     # The small y_scale saturated most outputs: both sides agree on the clamp.
     assert np.count_nonzero((got == info_a.min) | (got == info_a.max)) >= 0
+
+
+# --- a real model: the shipped digits CNN quantized by onnxruntime's own tool ----------------
+
+
+@pytest.mark.parametrize(
+    ("act", "per_channel"), [("QUInt8", True), ("QInt8", False)], ids=["u8-perchannel", "s8"]
+)
+def test_onnxruntime_quantized_digits_model_runs_bit_exact(
+    tmp_path, digits_model_path, digits_calib, digits_test, act: str, per_channel: bool
+) -> None:
+    """QLinearConv (uint8 or int8, per-channel or not), MaxPool on quantized tensors,
+    com.microsoft QLinearAdd and Q/DQ run on the emulator's kernels (QGemm on
+    onnxruntime): the logits equal onnxruntime's bit for bit on real digits."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    import runtime_emulator
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": digits_calib[i : i + 50]} for i in range(0, 200, 50)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(digits_model_path), str(out), Reader(), quant_format=QuantFormat.QOperator,
+        activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+    )  # fmt: skip
+    model = onnx.load(str(out))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QLinearConv", "QLinearAdd", "QuantizeLinear", "MaxPool"} <= ops
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    x = digits_test[0][:100]
+    want = sess.run(None, {"input": x})[0]
+    got = runtime_emulator.run(model, {"input": x}, target="cpu")["logits"]
+    assert got.dtype == want.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

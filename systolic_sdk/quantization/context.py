@@ -188,6 +188,8 @@ class RewriteContext:
             if ov.rmin is not None and ov.rmax is not None and not ov.scale:
                 return self.backend.activation_params(ov.rmin, ov.rmax, qtype, symmetric, False)
             scale = np.asarray(ov.scale, dtype=F32)
+            if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+                raise ValueError(f"scale must be finite and positive, got {list(ov.scale)}")
             axis = None
             if scale.size > 1:
                 axis = ov.axis if ov.axis is not None else default_axis

@@ -21,6 +21,8 @@ from systolic_sdk.quantization.types import OutputForm, QuantType
 from systolic_sdk.quantization.warn import warn
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+Ranges = dict[str, tuple[float, float]]
+RangePass = Callable[[onnx.ModelProto, Ranges], Ranges]
 Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
 
 ALL_TYPES = frozenset(QuantType)
@@ -43,7 +45,8 @@ class Backend:
     - ``runner(model, feeds) -> outputs``: executes a model quantized for this backend.
     - ``lowering(model) -> model``: optional standard-ONNX lowering for comparison.
     - ``verifier(model)``: the final check of a quantized model (raise on failure).
-    - ``pre_passes`` run on the prepared float model, ``post_passes`` on the rewritten one.
+    - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
+      ranges (static mode), ``post_passes`` on the rewritten model.
     """
 
     name: str
@@ -62,6 +65,9 @@ class Backend:
     check_standard_onnx: bool = True
     pre_passes: Sequence[Pass] = ()
     post_passes: Sequence[Pass] = ()
+    #: Static mode: ``(prepared model, ranges) -> ranges`` before the walk (e.g. narrowing
+    #: a Relu's input range to its consumer's); rules' ``adjust_ranges`` run after them.
+    range_passes: Sequence[RangePass] = ()
     activation_params: Callable[..., _params.QuantParams] = _params.activation_params
     weight_params: Callable[..., _params.QuantParams] = _params.weight_params
     quantize_weight: Callable[[np.ndarray, _params.QuantParams], np.ndarray] = (

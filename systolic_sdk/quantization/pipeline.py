@@ -91,7 +91,10 @@ def quantize_model(
     _check_selection(prepared, config, backend)
     for p in backend.pre_passes:
         prepared = p(prepared)
-    ctx = RewriteContext(prepared, config, backend, ranges if config.static else None)
+    ranges = dict(ranges or {}) if config.static else None
+    for rp in backend.range_passes if config.static else ():
+        ranges = dict(rp(prepared, dict(ranges)))
+    ctx = RewriteContext(prepared, config, backend, ranges)
     out = walk(ctx)
     for p in backend.post_passes:
         out = p(out)

@@ -125,18 +125,32 @@ def test_backend_passes_and_replaced_rules():
         seen.append("post:" + str(op_count(m, "QLinearConv")))
         return m
 
+    def widen_input(m: onnx.ModelProto, ranges: dict) -> dict:
+        seen.append("ranges:" + str(len(m.graph.node)))
+        return {**ranges, "x": (-8.0, 8.0)}
+
     cpu = get_backend("cpu")
     rules = {k: v for k, v in cpu.rules.items() if k != "Gemm"}
     register_backend(
         dataclasses.replace(
-            cpu, name="cpu_no_gemm", rules=rules, pre_passes=[pre], post_passes=[post]
+            cpu,
+            name="cpu_no_gemm",
+            rules=rules,
+            pre_passes=[pre],
+            post_passes=[post],
+            range_passes=[widen_input],
         )
     )
     try:
         q = quantize(conv_pool_gemm(13), backend="cpu_no_gemm", form=QOP)
         assert op_count(q, "Gemm") == 1 and op_count(q, "QLinearConv") == 1
         # tensors_to_calibrate runs the pre pass too; the post pass runs once, last
-        assert seen[-2].startswith("pre:Conv") and seen[-1] == "post:1"
+        assert seen[-3].startswith("pre:Conv") and seen[-2] == "ranges:5"
+        assert seen[-1] == "post:1"
+        x_scale = onnx.numpy_helper.to_array(
+            next(t for t in q.graph.initializer if t.name == "x_scale")
+        )
+        assert x_scale == np.float32(16) / np.float32(255)
         assert sum(s.startswith("post") for s in seen) == 1
     finally:
         unregister_backend("cpu_no_gemm")

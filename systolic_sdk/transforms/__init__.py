@@ -1,0 +1,6 @@
+"""fp32 graph transforms run before quantization: cross-layer equalization, bias correction."""
+
+from systolic_sdk.transforms.bias_correction import correct_bias, fake_quantize_per_tensor
+from systolic_sdk.transforms.equalization import equalize
+
+__all__ = ["correct_bias", "equalize", "fake_quantize_per_tensor"]

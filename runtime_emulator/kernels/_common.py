@@ -129,3 +129,35 @@ def conv_attrs(
 def attr_str(attrs: dict[str, Any], name: str, default: str) -> str:
     v = attrs.get(name, default)
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+CONV_INPUT_NAMES = ("x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale",
+                    "y_zero_point", "B")  # fmt: skip
+MATMUL_INPUT_NAMES = ("a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point",
+                      "y_scale", "y_zero_point")  # fmt: skip
+
+
+def check_systolic_operands(
+    inputs: Sequence[np.ndarray | None], names: Sequence[str], ctx: KernelContext
+) -> None:
+    """The Systolic array's number formats for a QLinearConv/QLinearMatMul-shaped input
+    list: int8 tensors (0, 3), zero points (2, 5, 7) absent or 0, per-tensor scales
+    (1, 4, 6)."""
+    for i in (0, 3):
+        v = arg(inputs, i, names[i], ctx, True)
+        if v.dtype != np.int8:
+            raise unsupported(ctx, f"'{names[i]}' is {v.dtype.name}; the Systolic array takes int8")
+    for i in (2, 5, 7):
+        v = arg(inputs, i, names[i], ctx, False)
+        if v is not None and (v.dtype != np.int8 or np.any(v != 0)):
+            raise unsupported(
+                ctx, f"'{names[i]}' must be int8 zero (the Systolic array is symmetric)"
+            )
+    for i in (1, 4, 6):
+        v = arg(inputs, i, names[i], ctx, True)
+        if v.size != 1:
+            raise unsupported(
+                ctx,
+                f"'{names[i]}' has shape {list(v.shape)}; the Systolic array supports "
+                "per-tensor scales only",
+            )

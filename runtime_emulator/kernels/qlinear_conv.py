@@ -1,7 +1,8 @@
 """QLinearConv and ConvInteger (NCHW / N-D, OIHW weights), standard ONNX semantics.
 
 QLinearConv accepts uint8 and int8, non-zero zero points and per-output-channel weight
-scales and zero points, as ONNX allows. An extra int attribute ``relu`` (the Systolic
+scales and zero points, as ONNX allows (on the "cpu" target; the "systolic" target
+refuses what the array cannot run). An extra int attribute ``relu`` (the Systolic
 runtime's fused ReLU) clamps the output at its zero point after saturation. The
 arithmetic is the accelerator's (and onnxruntime's): exact integer accumulation,
 ``wrap32(acc + bias)``, ``M = f32(f32(s_x * s_w) / s_y)``, ``f32(f32(acc) * M)``, round
@@ -18,9 +19,11 @@ import numpy as np
 from runtime_emulator import datapath as dp
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import (
+    CONV_INPUT_NAMES,
     INT8_TYPES,
     arg,
     check_dtype,
+    check_systolic_operands,
     conv_attrs,
     fail,
     per_channel,
@@ -114,7 +117,10 @@ def qlinear_conv_nchw(
 def qlinear_conv(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
 ) -> list[np.ndarray]:
-    """ONNX QLinearConv (plus the optional ``relu`` attribute)."""
+    """ONNX QLinearConv (plus the optional ``relu`` attribute). On the Systolic target
+    the hardware's formats are required (int8, zero points 0, per-tensor scales)."""
+    if ctx.target == "systolic":
+        check_systolic_operands(inputs, CONV_INPUT_NAMES, ctx)
     return [qlinear_conv_nchw(inputs, attrs, ctx)]
 
 

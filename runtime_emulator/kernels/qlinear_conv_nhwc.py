@@ -16,7 +16,13 @@ import numpy as np
 
 from runtime_emulator import datapath as dp
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN, KernelContext, register
-from runtime_emulator.kernels._common import arg, attr_str, fail, unsupported
+from runtime_emulator.kernels._common import (
+    CONV_INPUT_NAMES,
+    attr_str,
+    check_systolic_operands,
+    fail,
+    unsupported,
+)
 from runtime_emulator.kernels.qlinear_conv import qlinear_conv_nchw
 
 ConvPath = Literal["accelerator", "fallback"]
@@ -90,36 +96,12 @@ def _check_pool_attrs(attrs: dict[str, Any], ctx: KernelContext) -> tuple[list[i
     return pk, ps, pp
 
 
-def _check_systolic_quant(inputs: Sequence[np.ndarray | None], ctx: KernelContext) -> None:
-    """The hardware's number formats: int8, zero points 0, per-tensor scales."""
-    names = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale",
-             "y_zero_point", "B"]  # fmt: skip
-    for i in (0, 3):
-        v = arg(inputs, i, names[i], ctx, True)
-        if v.dtype != np.int8:
-            raise unsupported(ctx, f"'{names[i]}' is {v.dtype.name}; the Systolic array takes int8")
-    for i in (2, 5, 7):
-        v = arg(inputs, i, names[i], ctx, False)
-        if v is not None and (v.dtype != np.int8 or np.any(v != 0)):
-            raise unsupported(
-                ctx, f"'{names[i]}' must be int8 zero (the Systolic array is symmetric)"
-            )
-    for i in (1, 4, 6):
-        v = arg(inputs, i, names[i], ctx, True)
-        if v.size != 1:
-            raise unsupported(
-                ctx,
-                f"'{names[i]}' has shape {list(v.shape)}; the Systolic array supports "
-                "per-tensor scales only",
-            )
-
-
 @register("QLinearConv_nhwc", "", SYSTOLIC_DOMAIN)
 def qlinear_conv_nhwc(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
 ) -> list[np.ndarray]:
     """The Systolic NHWC conv: x [N,H,W,C], w [kH,kW,C/group,M], y [N,H',W',M]."""
-    _check_systolic_quant(inputs, ctx)
+    check_systolic_operands(inputs, CONV_INPUT_NAMES, ctx)
     x, w = inputs[0], inputs[3]
     if x.ndim != 4 or w.ndim != 4:
         raise fail(ctx, f"x {list(x.shape)} must be NHWC and w {list(w.shape)} HWIO (4-D)")

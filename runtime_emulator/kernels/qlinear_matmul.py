@@ -18,8 +18,10 @@ from runtime_emulator import datapath as dp
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import (
     INT8_TYPES,
+    MATMUL_INPUT_NAMES,
     arg,
     check_dtype,
+    check_systolic_operands,
     fail,
     per_tensor,
     zero_point_or_default,
@@ -91,7 +93,10 @@ def _centered(q: np.ndarray, zp: np.ndarray) -> np.ndarray:
 def qlinear_matmul(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
 ) -> list[np.ndarray]:
-    """ONNX QLinearMatMul."""
+    """ONNX QLinearMatMul. On the Systolic target the hardware's formats are required
+    (int8, zero points 0, per-tensor scales)."""
+    if ctx.target == "systolic":
+        check_systolic_operands(inputs, MATMUL_INPUT_NAMES, ctx)
     a = arg(inputs, 0, "a", ctx, True)
     a_scale = arg(inputs, 1, "a_scale", ctx, True)
     a_zp = arg(inputs, 2, "a_zero_point", ctx, False)

@@ -77,7 +77,7 @@ def run_kernel(
     attrs: dict[str, Any] | None = None,
     *,
     domain: str = "",
-    target: str = "systolic",
+    target: str = "cpu",
 ) -> list[np.ndarray]:
     """Run an emulator kernel as the executor does: looked up by (domain, op_type)."""
     fn = lookup(domain, op_type)

@@ -40,8 +40,9 @@ def test_systolic_rule_rescales_each_input_then_adds() -> None:
     b = np.array([-50, 5, -5, 10, 127], np.int8)
     ins = _ins(a, 0.2, 0, b, 0.05, 0, 0.1, 0)
     # 100*2 -> 127, then + (-25) = 102; 3*2 + 5*0.5 (2.5 -> 2) = 8; ...
-    assert run_kernel("QLinearAdd", ins, domain=MS)[0].tolist() == [102, 8, -8, -123, 127]
-    relu = run_kernel("QLinearAdd", ins, {"relu": 1}, domain=MS)[0]
+    systolic = run_kernel("QLinearAdd", ins, domain=MS, target="systolic")[0]
+    assert systolic.tolist() == [102, 8, -8, -123, 127]
+    relu = run_kernel("QLinearAdd", ins, {"relu": 1}, domain=MS, target="systolic")[0]
     assert relu.tolist() == [102, 8, 0, 0, 127]
     # onnxruntime's meaning of the same node differs on the first element.
     assert run_kernel("QLinearAdd", ins, domain=MS, target="cpu")[0][0] == 127
@@ -61,7 +62,7 @@ def test_systolic_rule_refusals() -> None:
         ins = list(base)
         ins[i] = v
         with pytest.raises(UnsupportedError, match=message):
-            run_kernel("QLinearAdd", ins, domain=MS)
+            run_kernel("QLinearAdd", ins, domain=MS, target="systolic")
     with pytest.raises(EmulatorError, match="unknown target"):
         run_kernel("QLinearAdd", base, domain=MS, target="gpu")
 

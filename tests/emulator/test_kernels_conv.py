@@ -112,6 +112,31 @@ def test_qlinearconv_rejects_bad_attributes(attrs, message) -> None:
     assert isinstance(err.value, SdkError) and "QLinearConv" in str(err.value)
 
 
+def test_systolic_target_refuses_what_the_array_cannot_run() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (1, 2, 4, 4)).astype(np.uint8)
+    w = rng.integers(-128, 128, (2, 2, 3, 3)).astype(np.int8)
+    ok = _ins(x.view(np.int8), w)
+    cases = {
+        "'x' is uint8": _ins(x, w),
+        "x_zero_point": _ins(x.view(np.int8), w, xz=1),
+        "w_scale": _ins(x.view(np.int8), w, ws=[0.1, 0.2]),
+    }
+    for message, ins in cases.items():
+        with pytest.raises(UnsupportedError, match=message):
+            run_kernel("QLinearConv", ins, target="systolic")
+        run_kernel("QLinearConv", ins, target="cpu")  # standard ONNX: accepted
+    assert np.array_equal(
+        run_kernel("QLinearConv", ok, target="systolic")[0],
+        run_kernel("QLinearConv", ok, target="cpu")[0],
+    )
+    a = np.zeros((2, 3), np.uint8)
+    mm = [a, np.array(1, F32), np.array(0, np.uint8), a.T.copy(), np.array(1, F32),
+          np.array(0, np.uint8), np.array(1, F32), np.array(0, np.uint8)]  # fmt: skip
+    with pytest.raises(UnsupportedError, match="'a' is uint8"):
+        run_kernel("QLinearMatMul", mm, target="systolic")
+
+
 def test_qlinearconv_rejects_bad_parameters() -> None:
     x = np.zeros((1, 2, 4, 4), np.int8)
     w = np.zeros((2, 2, 3, 3), np.int8)

@@ -8,9 +8,9 @@ Accepted inputs (:func:`load_input_sets`):
 - one ``.pb`` TensorProto, or one ``.npy`` array, for a single-input model;
 - an ``.npz`` keyed by input name (a single-input model also accepts a single array).
 
-A TensorProto's ``name`` maps it to the graph input of that name; an unnamed
-``input_K.pb`` is the K-th graph input. Every error names the file and the problem.
-Outputs and traces are written atomically (temporary file, then rename).
+A TensorProto's ``name`` maps it to the graph input of that name; unnamed
+``input_K.pb`` files fill the remaining graph inputs in order. Every error names the
+file and the problem. Outputs and traces are written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -78,19 +78,25 @@ def _numbered(folder: Path, kind: str) -> list[Path]:
 
 
 def _map_tensors(files: Sequence[Path], names: Sequence[str], kind: str) -> dict[str, np.ndarray]:
+    """Named tensors go to the graph input/output of that name; the others fill the
+    remaining names in order (``input_K.pb`` is the K-th when none is named)."""
+    loaded = [(f, *read_tensor_pb(f)) for f in files]
     out: dict[str, np.ndarray] = {}
-    for k, f in enumerate(files):
-        name, arr = read_tensor_pb(f)
-        if name and name in names:
-            key = name
-        elif k < len(names):
-            key = names[k]
-        else:
+    for f, name, arr in loaded:
+        if name in names:
+            if name in out:
+                raise InputError(f"{f}: a second tensor for {kind} '{name}'")
+            out[name] = arr
+    free = [n for n in names if n not in out]
+    for f, name, arr in loaded:
+        if name in names:
+            continue
+        if not free:
             raise InputError(
                 f"{f}: the model has {len(names)} {kind}(s) "
-                f"({', '.join(names)}), no {kind} for this file"
+                f"({', '.join(names)}), no {kind} left for this file"
             )
-        out[key] = arr
+        out[free.pop(0)] = arr
     return out
 
 

@@ -195,3 +195,51 @@ def _savez(path: Path, **arrays: np.ndarray) -> Path:
 def _text(path: Path) -> Path:
     path.write_text("not data")
     return path
+
+
+# --- runtime_emulator.io on its own ----------------------------------------------------
+
+
+def test_io_maps_named_tensors_and_npz_keys(tmp_path) -> None:
+    from runtime_emulator.io import InputError, load_input_sets
+
+    a, b = np.arange(3, dtype=np.float32), np.arange(4, dtype=np.int64)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    # input_0.pb is named "b": names win over positions; unnamed files go by position.
+    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(b, "b").SerializeToString())
+    (folder / "input_1.pb").write_bytes(numpy_helper.from_array(a).SerializeToString())
+    (sets,) = load_input_sets(folder, ["a", "b"], ["y"])
+    assert set(sets.feeds) == {"a", "b"} and sets.expected is None
+    np.testing.assert_array_equal(sets.feeds["b"], b)
+    np.testing.assert_array_equal(sets.feeds["a"], a)
+    np.savez(tmp_path / "two.npz", a=a, b=b, extra=a)
+    (npz,) = load_input_sets(tmp_path / "two.npz", ["a", "b"])
+    assert set(npz.feeds) == {"a", "b"}
+    np.save(tmp_path / "one.npy", a)
+    with pytest.raises(InputError, match="one array given but the model has 2 inputs"):
+        load_input_sets(tmp_path / "one.npy", ["a", "b"])
+    (pb,) = load_input_sets(folder / "input_1.pb", ["only"])
+    np.testing.assert_array_equal(pb.feeds["only"], a)
+
+
+def test_io_compare_and_write_outputs(tmp_path) -> None:
+    from runtime_emulator.io import compare_outputs, write_outputs
+
+    y = np.array([[1, -2], [3, 4]], np.int8)
+    assert compare_outputs({"y": y}, {"y": y.copy()}) == []
+    assert compare_outputs({"y": y}, {"y": y.astype(np.int32)}) == [
+        "output 'y': dtype int8 != expected int32"
+    ]
+    assert compare_outputs({"y": y}, {"y": y[:1]}) == [
+        "output 'y': shape [2, 2] != expected [1, 2]"
+    ]
+    z = y.copy()
+    z[1, 1] = 7
+    assert compare_outputs({"y": y}, {"y": z}) == [
+        "output 'y': 1 of 4 elements differ (max |diff| 3)"
+    ]
+    written = write_outputs(tmp_path / "o", {"y": y, "unused": z}, ["y"])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["output_0.pb", "outputs.npz"]
+    assert written[0].name == "output_0.pb"
+    np.testing.assert_array_equal(numpy_helper.to_array(onnx.load_tensor(str(written[0]))), y)

@@ -429,3 +429,41 @@ def test_layer_stats_of_a_run(kernels: None, digits_int8, digits_test) -> None:
         assert seen.x_absmax <= full.x_absmax == 128
         assert seen.acc_bound <= full.acc_bound
     np.testing.assert_array_equal(outputs["logits"], execu.run({"input": x})["logits"])
+
+
+def test_target_selects_the_meaning_of_qlinearadd(kernels: None) -> None:
+    from runtime_emulator import datapath as dp
+
+    scales = {"sa": 0.05, "sb": 0.07, "sc": 0.09}
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in scales.items()]
+    inits.append(numpy_helper.from_array(np.array(0, np.int8), "z"))
+    node = helper.make_node(
+        "QLinearAdd",
+        ["a", "sa", "z", "b", "sb", "z", "sc", "z"],
+        ["y"],
+        name="add",
+        domain="com.microsoft",
+    )
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info(n, TensorProto.INT8, [1000]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [1000])],
+        inits,
+        opsets=(("", 13), ("com.microsoft", 1)),
+    )
+    rng = np.random.default_rng(11)
+    feeds = {n: rng.integers(-128, 128, 1000, dtype=np.int8) for n in ("a", "b")}
+    assert ex.resolve_target(model) == "cpu"
+    cpu = ex.Executor(model).run(feeds)["y"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(cpu, sess.run(None, feeds)[0])
+    systolic = ex.Executor(model, target="systolic").run(feeds)["y"]
+    # Spec 4: each input rescaled by f32(s_in / s_c) and saturated to int8, then added.
+    f32 = np.float32
+    parts = [
+        dp.sat8(dp.rne(np.multiply(feeds[n].astype(f32), f32(f32(scales[s]) / f32(0.09)))))
+        for n, s in (("a", "sa"), ("b", "sb"))
+    ]
+    want = dp.sat8(parts[0].astype(np.int32) + parts[1].astype(np.int32))
+    np.testing.assert_array_equal(systolic, want)
+    assert np.count_nonzero(systolic != cpu) > 0  # the two meanings differ on these inputs

@@ -85,6 +85,7 @@ class RewriteContext:
         self._act_params: dict[str, QuantParams] = {}
         self.current: onnx.NodeProto | None = None
         self.uses_ms_domain = False
+        self.enlarged_biases: list[str] = []  # biases whose weight scale the guard enlarged
 
     # ---- queries -------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
@@ -345,11 +346,14 @@ class RewriteContext:
         """The backend's int32 bias for ``bias_name`` (QuantizedBias, with the weight
         parameters it needs: the overflow guard may enlarge them)."""
         try:
-            return self.backend.quantize_bias(
+            qbias = self.backend.quantize_bias(
                 self.constant(bias_name).reshape(-1), x_params.scale, wp, name=bias_name
             )
         except ValueError as exc:
             raise QuantizationError(f"tensor '{bias_name}': {exc}") from None
+        if qbias.adjusted:
+            self.enlarged_biases.append(bias_name)
+        return qbias
 
     def bias_dequantized(self, name: str, values: np.ndarray, scale: np.ndarray, axis: int) -> str:
         """An int32 bias initializer with a DequantizeLinear (scale s_x*s_w, zero point 0)."""

@@ -13,7 +13,6 @@ import numpy as np
 
 from runtime_emulator import datapath
 from systolic_sdk.quantization.types import QuantType
-from systolic_sdk.quantization.warn import warn
 
 F32 = np.float32
 INT32_MAX = 2**31 - 1
@@ -162,7 +161,8 @@ def quantize_bias(
     weights are per tensor) is enlarged to the smallest float32 value for which the
     bias fits, as onnxruntime does since 1.17; the caller requantizes the weights with
     the returned ``weight_params``. The zero point is kept, which stays valid because a
-    larger scale only shrinks ``w / scale``. A warning names the tensor.
+    larger scale only shrinks ``w / scale``. ``adjusted`` tells the caller (the walk
+    warns once per model, naming the tensors).
     """
     b = np.asarray(bias, dtype=F32).reshape(-1)
     s_x = F32(np.asarray(x_scale, dtype=F32).reshape(()))
@@ -187,8 +187,4 @@ def quantize_bias(
     new_sw = new_sw.reshape(s_w.shape)
     new_wp = QuantParams(new_sw, wp.zero_point, wp.qtype, wp.axis)
     q, _ = datapath.quantize_bias(b, s_x, new_sw)
-    warn(
-        f"bias '{name}' does not fit in int32 with the computed scales; the weight scale "
-        "was enlarged so that it does"
-    )
     return QuantizedBias(q, np.multiply(s_x, new_sw, dtype=F32), new_wp, True)

@@ -16,6 +16,7 @@ from onnx import helper
 from systolic_sdk.graph.util import subgraph_inputs
 from systolic_sdk.quantization.context import MS_DOMAIN, RewriteContext
 from systolic_sdk.quantization.rules.base import OpRule
+from systolic_sdk.quantization.warn import warn
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -52,6 +53,13 @@ def walk(ctx: RewriteContext) -> onnx.ModelProto:
         if not done:
             ctx.emit_float(node)
     ctx.current = None
+    if ctx.enlarged_biases:
+        names = ", ".join(f"'{n}'" for n in ctx.enlarged_biases[:5])
+        more = f" and {len(ctx.enlarged_biases) - 5} more" if len(ctx.enlarged_biases) > 5 else ""
+        warn(
+            f"{len(ctx.enlarged_biases)} bias(es) would overflow int32 with the computed "
+            f"scales ({names}{more}); their weight scales were enlarged so that they fit"
+        )
     for out in ctx.graph.output:
         state = ctx.edge(out.name)
         if state is not None and not state.float_available:

@@ -190,8 +190,8 @@ def test_minimum_real_range_widens_tiny_ranges():
     cfg = QuantConfig(form=QOP, activation_type=QuantType.QUInt8)
     names = tensors_to_calibrate(model, cfg)
     ranges = {n: (0.0, 1e-6) for n in names}
-    with pytest.warns(QuantizationWarning, match="does not fit in int32"):  # the guard acts
-        base = inits(quantize_model(model, cfg, ranges))
+    with pytest.warns(QuantizationWarning, match=r"2 bias\(es\) would overflow int32.*'c1_b'"):
+        base = inits(quantize_model(model, cfg, ranges))  # the int32 guard acts
     cfg.extra_options = {"MinimumRealRange": 0.51}
     wide = inits(quantize_model(model, cfg, ranges))
     assert base["x_scale"] == np.float32(1e-6) / np.float32(255)

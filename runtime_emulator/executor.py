@@ -307,6 +307,11 @@ class Executor:
     ``iter_nodes(feeds)`` yields a :class:`NodeRecord` per node in execution order
     (for node-by-node comparison); ``run(feeds, trace=...)`` returns the outputs, or
     every tensor by name with ``trace=True``.
+
+    ``float_backend`` says how nodes without an emulator kernel run: ``"auto"`` and
+    ``"onnxruntime"`` try onnxruntime first, then onnx.reference; ``"reference"`` tries
+    onnx.reference first (com.microsoft contrib ops always run on onnxruntime).
+    ``ort_threads`` is onnxruntime's intra-op thread count for those nodes.
     """
 
     def __init__(
@@ -474,8 +479,8 @@ class Executor:
         return {name: self.last_env[name] for name in self.output_names}, stats
 
     def run(self, feeds: Mapping[str, Any], *, trace: bool = False) -> dict[str, np.ndarray]:
-        """The graph outputs by name; with ``trace`` every tensor (inputs, intermediates,
-        outputs and initializers excluded) by name."""
+        """The graph outputs by name; with ``trace``, every tensor by name (graph inputs,
+        intermediates, outputs; initializers excluded)."""
         for _ in self.iter_nodes(feeds, keep=trace):
             pass
         env = self.last_env

@@ -218,6 +218,11 @@ def test_opset11_per_channel_qdq_upgrades_but_qoperator_keeps_opset():
     assert op_count(q, "QLinearConv") == 1 and op_count(q, "QGemm") == 1
     pool = next(n for n in q.graph.node if n.op_type == "MaxPool")
     assert pool.input[0] == "r"
+    # in QDQ the MaxPool runs on floats between DQ and Q: any opset will do
+    q = quantize(model, form=QDQ)
+    pool = next(n for n in q.graph.node if n.op_type == "MaxPool")
+    producer = {o: n for n in q.graph.node for o in n.output}[pool.input[0]]
+    assert producer.op_type == "DequantizeLinear"
 
 
 def test_refused_when_conversion_fails(monkeypatch):

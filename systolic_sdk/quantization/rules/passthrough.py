@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class PassThroughRule(OpRule):
     op_types = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
     forms = LINEAR_FORMS
-    #: Minimum opset at which the op accepts 8/16-bit integer tensors.
+    #: Minimum opset at which the op accepts 8/16-bit integer tensors (QOperator form).
     min_opset = 1
 
     def extra_ok(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
@@ -30,8 +30,10 @@ class PassThroughRule(OpRule):
 
     def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x = node.input[0]
-        if not ctx.static or not ctx.is_activation(x) or ctx.opset < self.min_opset:
+        if not ctx.static or not ctx.is_activation(x):
             return False
+        if ctx.form == OutputForm.QOPERATOR and ctx.opset < self.min_opset:
+            return False  # the op itself runs on integers only from min_opset
         if len([o for o in node.output if o]) != 1 or not self.extra_ok(node, ctx):
             return False
         state = ctx.edge(x)

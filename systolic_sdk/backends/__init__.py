@@ -1,7 +1,14 @@
 """Backends: the targets a model can be quantized for, and their registry.
 
 ``get_backend(name)`` returns a registered backend; a module
-``systolic_sdk.backends.<name>`` that registers itself on import is found on demand.
+``systolic_sdk.backends.<name>`` that registers itself on import is found on demand,
+so adding a backend is one new module here, for example::
+
+    from systolic_sdk.backends import Backend, register_backend
+    from systolic_sdk.quantization.rules import default_rules
+
+    rules = default_rules()          # op_type -> OpRule; replace or drop entries
+    register_backend(Backend(name="mine", rules=rules, forms=..., runner=...))
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class RewriteContext:
         self.matmul_const_b_only = bool(opts.get("MatMulConstBOnly", False))
         self.keep_removable_activations = bool(opts.get("QDQKeepRemovableActivations", False))
         self.minimum_real_range = opts.get("MinimumRealRange")
+        self.float_output_ops = frozenset(opts.get("OpTypesToExcludeOutputQuantization") or ())
         self._act_params: dict[str, QuantParams] = {}
         self.current: onnx.NodeProto | None = None
         self.uses_ms_domain = False
@@ -429,6 +430,8 @@ class RewriteContext:
         """Emit a QDQ-form op: ``node``'s op (or ``op_type``) on float ``inputs``; each
         output with parameters gets a fresh float name and a QuantizeLinear, and its
         edge is declared quantized (outputs with None stay float under their name)."""
+        if node.op_type in self.float_output_ops:  # QDQ option: DQ -> op, output float
+            out_params = [None] * len(out_params)
         outs = []
         for out, params in zip(node.output, out_params, strict=False):
             outs.append(self.fresh(f"{out}_float") if params is not None and out else out)

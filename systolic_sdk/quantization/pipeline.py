@@ -23,6 +23,7 @@ SUPPORTED_OPTIONS = frozenset(
         "MatMulConstBOnly",
         "MinimumRealRange",
         "QDQKeepRemovableActivations",
+        "OpTypesToExcludeOutputQuantization",
     }
 )
 #: onnxruntime keys consumed before the core (by calibration or the public APIs, which

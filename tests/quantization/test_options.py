@@ -254,3 +254,18 @@ def test_weight_override_without_zero_point_is_symmetric():
     ov = {"c1_w": TensorOverride(scale=(0.01,))}
     q = quantize(chain_conv_relu_conv(), form=QOP, weight_type=QuantType.QInt8, tensor_overrides=ov)
     assert int(inits(q)["c1_w_zero_point"]) == 0
+
+
+def test_op_types_to_exclude_output_quantization_in_qdq():
+    model = chain_conv_relu_conv()
+    q = quantize(model, form=QDQ, extra_options={"OpTypesToExcludeOutputQuantization": ["Conv"]})
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    readers = {i for n in q.graph.node for i in n.input}
+    consumers_of = {
+        c.output[0]: [n.op_type for n in q.graph.node if c.output[0] in n.input] for c in convs
+    }
+    # the conv outputs stay float: no QuantizeLinear after them
+    assert all("QuantizeLinear" not in ops for ops in consumers_of.values())
+    assert convs[-1].output[0] == "y" and "y" not in readers
+    feeds = feeds_for(model)
+    np.testing.assert_allclose(run(q, feeds)[0], run(model, feeds)[0], atol=0.1)

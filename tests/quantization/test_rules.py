@@ -181,3 +181,22 @@ def test_quantize_bias_false_keeps_float_bias_in_qdq():
     assert conv.input[2] == "c_b"
     assert not any(t.data_type == onnx.TensorProto.INT32 for t in qmodel.graph.initializer)
     _check_close(model, qmodel, feeds)
+
+
+def test_conv_integer_asymmetric_per_channel_falls_back_to_one_zero_point():
+    """onnxruntime's ConvInteger takes one weight zero point: uint8 asymmetric weights
+    with per-channel zero points are quantized per tensor for that conv instead."""
+    model = single_op("conv")
+    qmodel, feeds = _quantize(
+        model, INT, static=False, per_channel=True, weight_type=QuantType.QUInt8
+    )
+    conv = _node(qmodel, "c")
+    init = {t.name: t for t in qmodel.graph.initializer}
+    assert list(init[conv.input[3]].dims) == []
+    _check_close(model, qmodel, feeds)
+    # MatMulInteger keeps per-column zero points
+    model = single_op("matmul_const")
+    mm, feeds = _quantize(model, INT, static=False, per_channel=True, weight_type=QuantType.QUInt8)
+    node = _node(mm, "mm")
+    assert list({t.name: t for t in mm.graph.initializer}[node.input[3]].dims) == [5]
+    _check_close(model, mm, feeds)

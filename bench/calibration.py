@@ -462,7 +462,7 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(OUR_METHODS))
     p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
     p.add_argument("--resolution", type=int, default=224, help="resnet18 input size")
-    p.add_argument("--ort-memory-limit-gb", type=float, default=12.0)
+    p.add_argument("--ort-memory-limit-gb", type=float, default=8.0)
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--json", type=Path, help="also write the raw speed rows here")

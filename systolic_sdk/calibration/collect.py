@@ -1,11 +1,14 @@
 """Run the fp32 model on calibration samples and collect per-tensor statistics.
 
-The model is augmented with the requested tensors as extra graph outputs and run in
-onnxruntime. Samples are streamed: each batch's activations are reduced into the
-fixed-size statistics of :mod:`systolic_sdk.calibration.stats` and dropped, so memory
-does not grow with the number of samples. When every model input has a dynamic first
-dimension, samples are grouped into batches (by default sized so one batch's
-activations take about ``BATCH_BUDGET_BYTES``).
+Samples are streamed: each batch is reduced into the fixed-size statistics of
+:mod:`systolic_sdk.calibration.stats` and dropped, so memory does not grow with the
+number of samples. For the min/max calibrators the model is augmented with per-sample
+ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime (the
+sum detects NaN/Inf; a batch with one is looked at again tensor by tensor, to name the
+sample and tensor). The histogram calibrators fetch the activations themselves as extra
+graph outputs. When every model input has a dynamic first dimension, samples are
+grouped into batches sized so one batch's activations take about
+``BATCH_BUDGET_BYTES``.
 """
 
 from __future__ import annotations
@@ -73,30 +76,40 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every typed tensor after shape inference (0 when unknown)."""
+def tensor_info(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
+    """``{tensor: (element type or 0, dims or None)}`` after shape inference; a dim is
+    an int, or None when symbolic or unknown."""
     light = _light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is best effort (custom ops)
         inferred = light
-    types: dict[str, int] = {}
+    info: dict[str, tuple[int, tuple | None]] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         if vi.type.HasField("tensor_type"):
-            types[vi.name] = vi.type.tensor_type.elem_type
+            tt = vi.type.tensor_type
+            dims = None
+            if tt.HasField("shape"):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+            info[vi.name] = (tt.elem_type, dims)
     for t in model.graph.initializer:
-        types[t.name] = t.data_type
-    return types
+        info[t.name] = (t.data_type, tuple(t.dims))
+    return info
 
 
-def calibratable_tensors(model: onnx.ModelProto) -> list[str]:
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor after shape inference (0 when unknown)."""
+    return {name: elem for name, (elem, _) in tensor_info(model).items()}
+
+
+def calibratable_tensors(model: onnx.ModelProto, types: dict[str, int] | None = None) -> list[str]:
     """Every float tensor that is a node input or output, initializers excluded.
 
     Tensors whose type shape inference cannot tell are included; non-float results are
     dropped when they are first seen at run time.
     """
-    types = tensor_types(model)
+    types = tensor_types(model) if types is None else types
     inits = {t.name for t in model.graph.initializer}
     names: list[str] = []
     seen: set[str] = set()
@@ -229,10 +242,55 @@ class _Progress:
             self._bar.__exit__(None, None, None)
 
 
-def _session(model: onnx.ModelProto, names: Sequence[str], providers: Sequence[str] | None):
-    """An onnxruntime session of ``model`` with ``names`` as extra outputs.
+REDUCED = ("min", "max", "sum")
+_REDUCE_PREFIX = "__systolic_calib_"
 
-    The outputs are added to ``model`` only while it is written to a temporary file (no
+
+def reduced_name(kind: str, name: str) -> str:
+    """Graph output holding the per-sample ``kind`` (min/max/sum) of tensor ``name``."""
+    return f"{_REDUCE_PREFIX}{kind}__{name}"
+
+
+def _reduction_nodes(
+    model: onnx.ModelProto, names: Sequence[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Per-sample ReduceMin/ReduceMax/ReduceSum of each tensor (flattened from axis 1).
+
+    The sum is the NaN/Inf detector: IEEE sums propagate NaN and Inf, where onnxruntime's
+    ReduceMin/ReduceMax may skip a NaN.
+    """
+    import onnx.helper as oh
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    axes = f"{_REDUCE_PREFIX}axes"
+    inits = [onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes)]
+    nodes = []
+    for i, name in enumerate(names):
+        flat = f"{_REDUCE_PREFIX}flat_{i}"
+        nodes.append(oh.make_node("Flatten", [name], [flat], axis=1, name=flat))
+        for kind, op, since in (
+            ("min", "ReduceMin", 18),
+            ("max", "ReduceMax", 18),
+            ("sum", "ReduceSum", 13),
+        ):
+            out = reduced_name(kind, name)
+            if opset >= since:
+                nodes.append(oh.make_node(op, [flat, axes], [out], keepdims=0, name=out))
+            else:
+                nodes.append(oh.make_node(op, [flat], [out], axes=[1], keepdims=0, name=out))
+    return nodes, inits
+
+
+def _session(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    providers: Sequence[str] | None,
+    reduce: Sequence[str] = (),
+):
+    """An onnxruntime session of ``model`` with ``names`` as extra outputs, and the
+    per-sample min/max/sum of the tensors ``reduce`` (see :func:`reduced_name`).
+
+    The additions live in ``model`` only while it is written to a temporary file (no
     copy of the weights in memory); onnxruntime then loads the file, as its own
     calibrators do, with graph optimizations off so every tensor is the fp32 model's.
     """
@@ -244,7 +302,7 @@ def _session(model: onnx.ModelProto, names: Sequence[str], providers: Sequence[s
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
     graph = model.graph
-    kept = len(graph.output)
+    sizes = len(graph.output), len(graph.node), len(graph.initializer)
     present = {o.name for o in graph.output} | {i.name for i in graph.input}
     with tempfile.TemporaryDirectory(prefix="systolic-calib-") as tmp:
         path = f"{tmp}/augmented.onnx"
@@ -252,10 +310,20 @@ def _session(model: onnx.ModelProto, names: Sequence[str], providers: Sequence[s
             for name in dict.fromkeys(names):
                 if name not in present:
                     graph.output.add(name=name)
+            if reduce:
+                nodes, inits = _reduction_nodes(model, reduce)
+                graph.node.extend(nodes)
+                graph.initializer.extend(inits)
+                for kind in REDUCED:
+                    graph.output.extend(
+                        onnx.ValueInfoProto(name=reduced_name(kind, n)) for n in reduce
+                    )
             with open(path, "wb") as fh:
                 fh.write(model.SerializeToString())
         finally:
-            del graph.output[kept:]
+            del graph.output[sizes[0] :]
+            del graph.node[sizes[1] :]
+            del graph.initializer[sizes[2] :]
         try:
             return ort.InferenceSession(
                 path, so, providers=list(providers or ["CPUExecutionProvider"])
@@ -314,13 +382,21 @@ def collect(
     skip_nonfinite = bool(skip_nonfinite or defaults.get("skip_nonfinite", False))
     if batch_size is not None and int(batch_size) < 1:
         raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
-    everything = calibratable_tensors(model)
+    info = tensor_info(model)
+    everything = calibratable_tensors(model, {k: v[0] for k, v in info.items()})
     names = list(everything if tensor_names is None else tensor_names)
     if tensor_names is not None:
         _check_names(model, names)
-    sess = _session(model, names, providers)
-    wanted = set(names)
+    inputs = {i.name for i in model.graph.input}
+    # Without histograms only per-sample extremes are needed: onnxruntime reduces
+    # tensors of known rank in the graph, and the activations never leave it.
+    reduce = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
+    raw = [n for n in names if n not in reduce]
+    sess = _session(model, raw, providers, reduce)
+    full_sess = sess if not reduce else None  # all tensors raw: for NaN/Inf follow-ups
+    wanted = set(raw)
     fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
+    fetch_reduced = [reduced_name(k, n) for k in REDUCED for n in reduce]
     order = {name: i for i, name in enumerate(everything)}
 
     def new_stats() -> TensorStats:
@@ -333,22 +409,30 @@ def collect(
     skipped = 0
     bar = _Progress(reader, progress)
     batchable = _batchable(model)
-    batcher = _Batcher(reader, batch_size or 1, batchable)
+    first_target = batch_size or (_reduced_batch(info, reduce) if reduce and batchable else 1)
+    batcher = _Batcher(reader, first_target, batchable)
     try:
         for feed, used in batcher:
             n = _num_samples(feed)
-            run = _observe(sess, fetch, feed, n, sample_base, skip_nonfinite, order)
+            run = None
+            if reduce:
+                run = _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, sample_base)
+            if run is None:  # plain run, or NaN/Inf seen: look at every tensor itself
+                if full_sess is None:
+                    full_sess = _session(model, names, providers)
+                full_fetch = [o.name for o in full_sess.get_outputs() if o.name in set(names)]
+                run = _observe(full_sess, full_fetch, feed, n, sample_base, skip_nonfinite, order)
             if run is None:  # every sample of the batch skipped
                 skipped += n
             else:
                 values, extremes, kept = run
                 skipped += n - kept
                 for name in names:
-                    if name in dropped or name not in values:
+                    if name in dropped or (name not in values and name not in extremes):
                         continue
                     ext = extremes.get(name)
                     if ext is None:
-                        if values[name].dtype.kind != "f":
+                        if name in values and values[name].dtype.kind != "f":
                             dropped.add(name)
                         continue
                     st = stats.get(name)
@@ -356,8 +440,8 @@ def collect(
                         st = stats[name] = new_stats()
                     st.minmax.update_per_sample(*ext)
                     if st.histogram is not None:
-                        st.histogram.update(values[name])
-                if batch_size is None and batchable and sample_base == 0:
+                        st.histogram.update(values[name], float(ext[0].min()), float(ext[1].max()))
+                if batch_size is None and batchable and sample_base == 0 and not reduce:
                     per_sample = sum(values[k].nbytes for k in fetch) / max(kept, 1)
                     batcher.target = int(
                         min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(per_sample, 1)))
@@ -376,6 +460,55 @@ def collect(
     if tensor_names is not None and missing:
         raise CalibrationError(f"tensor '{missing[0]}' produced no values during calibration")
     return {n: stats[n] for n in names if n in stats}
+
+
+def _reducible(info: dict[str, tuple[int, tuple | None]], name: str) -> bool:
+    elem, dims = info.get(name, (0, None))
+    return elem in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and bool(dims)
+
+
+def _reduced_batch(info: dict[str, tuple[int, tuple | None]], names: list[str]) -> int:
+    """Samples per run from the activation size one sample has (by inferred shapes)."""
+    total = 0
+    for name in names:
+        elem, dims = info[name]
+        if dims is None or any(d is None for d in dims[1:]):
+            return 1  # unknown sizes: stay safe
+        itemsize = 8 if elem == onnx.TensorProto.DOUBLE else 4
+        total += itemsize * int(np.prod(dims[1:], dtype=np.int64))
+    return int(min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(total, 1))))
+
+
+def _observe_reduced(
+    sess,
+    fetch: list[str],
+    fetch_reduced: list[str],
+    reduce: list[str],
+    feed: dict[str, np.ndarray],
+    n: int,
+    base: int,
+) -> Observed | None:
+    """Run one batch with in-graph reductions; None if any value is NaN/Inf (or the sum
+    overflowed), so that the caller looks at the batch tensor by tensor."""
+    out = _run(sess, fetch + fetch_reduced, feed, base)
+    values = {**feed, **{k: out[k] for k in fetch}}
+    extremes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, v in values.items():
+        ext = _extremes(np.asarray(v), n)
+        if ext is not None:
+            if _bad_rows(ext) is not None:
+                return None
+            extremes[name] = ext
+    for name in reduce:
+        mins, maxs, sums = (out[reduced_name(k, name)] for k in REDUCED)
+        if mins.size == 0:
+            continue
+        if not (np.isfinite(sums).all() and np.isfinite(mins).all() and np.isfinite(maxs).all()):
+            return None
+        if mins.shape[0] != n or n == 1:  # does not follow the batch axis: one observation
+            mins, maxs = np.full(n, mins.min()), np.full(n, maxs.max())
+        extremes[name] = (mins, maxs)
+    return values, extremes, n
 
 
 Observed = tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], int]

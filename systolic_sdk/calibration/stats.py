@@ -229,13 +229,17 @@ class HistogramStats:
         hi_i = math.floor(math.ldexp(hi, -e))
         return e, lo_i, hi_i
 
-    def update(self, values: np.ndarray) -> None:
-        """Add the values of one batch (all finite)."""
+    def update(
+        self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None
+    ) -> None:
+        """Add the values of one batch (all finite); ``vmin``/``vmax``: their extremes,
+        when already known."""
         if values.size == 0:
             return
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float32)
-        vmin, vmax = float(values.min()), float(values.max())
+        if vmin is None or vmax is None:
+            vmin, vmax = float(values.min()), float(values.max())
         new_min, new_max = min(self.min, vmin), max(self.max, vmax)
         e, lo_i, hi_i = self._layout(new_min, new_max)
         counts = self._rebin(e, lo_i, hi_i) if self.total else np.zeros(hi_i - lo_i + 1, np.int64)

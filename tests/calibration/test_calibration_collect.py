@@ -203,3 +203,19 @@ def test_progress_bar_only_when_asked(model, samples, capsys):
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     calibrate(model, ArrayReader({"x": samples}), progress=True)
     assert "calibrating" in capsys.readouterr().err
+
+
+def test_in_graph_reductions_equal_numpy_statistics(model, samples):
+    """Min/max methods reduce inside onnxruntime; histogram runs reduce in numpy."""
+    reduced = collect(model, ArrayReader({"x": samples}), batch_size=6)
+    fetched = collect(model, ArrayReader({"x": samples}), histogram=True, batch_size=6)
+    assert list(reduced) == list(fetched)
+    for name in reduced:
+        a, b = reduced[name].minmax, fetched[name].minmax
+        assert (a.count, a.min, a.max, a.sum_min, a.sum_max) == (
+            b.count,
+            b.min,
+            b.max,
+            b.sum_min,
+            b.sum_max,
+        )

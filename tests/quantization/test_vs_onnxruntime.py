@@ -31,8 +31,14 @@ def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+ACTIVATIONS = [("QUInt8", False), ("QInt8", False), ("QInt8", True)]
+
+
 @pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
-def test_same_parameters_as_onnxruntime(per_channel, digits_model, digits_calib, tmp_path):
+@pytest.mark.parametrize(("act", "symmetric"), ACTIVATIONS, ids=["u8", "s8", "s8-symmetric"])
+def test_same_parameters_as_onnxruntime(
+    per_channel, act, symmetric, digits_model, digits_calib, tmp_path
+):
     src = tmp_path / "m.onnx"
     onnx.save(digits_model, str(src))
     ortq.quantize_static(
@@ -41,13 +47,17 @@ def test_same_parameters_as_onnxruntime(per_channel, digits_model, digits_calib,
         _Reader(digits_calib),
         quant_format=ortq.QuantFormat.QDQ,
         per_channel=per_channel,
-        activation_type=ortq.QuantType.QUInt8,
+        activation_type=getattr(ortq.QuantType, act),
         weight_type=ortq.QuantType.QInt8,
         calibrate_method=ortq.CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": symmetric},
     )
     theirs = onnx.load(str(tmp_path / "ort.onnx"))
     cfg = QuantConfig(
-        form=OutputForm.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8
+        form=OutputForm.QDQ,
+        per_channel=per_channel,
+        activation_type=getattr(QuantType, act),
+        extra_options={"ActivationSymmetric": symmetric},
     )
     # onnxruntime's own MinMax calibrator on the same data: identical input ranges
     from onnxruntime.quantization.calibrate import create_calibrator

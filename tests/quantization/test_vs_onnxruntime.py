@@ -1,5 +1,8 @@
-"""Differential test against onnxruntime's own quantizer (MinMax, QDQ) on the shipped
-model: the same activation parameters, weights, weight scales and int32 biases."""
+"""Differential tests against onnxruntime's own quantizer (MinMax) on the shipped model.
+
+Given the ranges of onnxruntime's MinMax calibrator, this quantizer chooses the same
+activation parameters, weights, weight scales and int32 biases, and its QOperator and
+QDQ models give bit-identical logits on the 1,000 test samples."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from qtest_helpers import run
 
 from systolic_sdk.quantization import (
     OutputForm,
@@ -31,49 +35,59 @@ def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-ACTIVATIONS = [("QUInt8", False), ("QInt8", False), ("QInt8", True)]
+@pytest.fixture(scope="module")
+def ort_setup(digits_model, digits_calib, tmp_path_factory):
+    """The model on disk and onnxruntime's MinMax ranges for every tensor."""
+    from onnxruntime.quantization.calibrate import create_calibrator
 
-
-@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
-@pytest.mark.parametrize(("act", "symmetric"), ACTIVATIONS, ids=["u8", "s8", "s8-symmetric"])
-def test_same_parameters_as_onnxruntime(
-    per_channel, act, symmetric, digits_model, digits_calib, tmp_path
-):
-    src = tmp_path / "m.onnx"
+    folder = tmp_path_factory.mktemp("ortq")
+    src = folder / "m.onnx"
     onnx.save(digits_model, str(src))
+    calibrator = create_calibrator(str(src), None, augmented_model_path=str(folder / "aug.onnx"))
+    calibrator.collect_data(_Reader(digits_calib))
+    ranges = {
+        k: tuple(float(np.asarray(b).reshape(-1)[0]) for b in v.range_value)
+        for k, v in calibrator.compute_data().data.items()
+    }
+    return folder, src, ranges
+
+
+def _both(ort_setup, digits_model, digits_calib, form, per_channel, act, symmetric=False):
+    folder, src, all_ranges = ort_setup
+    out = folder / f"ort_{form.value}_{per_channel}_{act}_{symmetric}.onnx"
     ortq.quantize_static(
         str(src),
-        str(tmp_path / "ort.onnx"),
+        str(out),
         _Reader(digits_calib),
-        quant_format=ortq.QuantFormat.QDQ,
+        quant_format=ortq.QuantFormat.QDQ if form == OutputForm.QDQ else ortq.QuantFormat.QOperator,
         per_channel=per_channel,
         activation_type=getattr(ortq.QuantType, act),
         weight_type=ortq.QuantType.QInt8,
         calibrate_method=ortq.CalibrationMethod.MinMax,
         extra_options={"ActivationSymmetric": symmetric},
     )
-    theirs = onnx.load(str(tmp_path / "ort.onnx"))
     cfg = QuantConfig(
-        form=OutputForm.QDQ,
+        form=form,
         per_channel=per_channel,
         activation_type=getattr(QuantType, act),
         extra_options={"ActivationSymmetric": symmetric},
     )
-    # onnxruntime's own MinMax calibrator on the same data: identical input ranges
-    from onnxruntime.quantization.calibrate import create_calibrator
+    names = tensors_to_calibrate(digits_model, cfg)
+    ours = quantize_model(digits_model, cfg, {k: all_ranges[k] for k in names})
+    return onnx.load(str(out)), ours
 
-    calibrator = create_calibrator(str(src), None, augmented_model_path=str(tmp_path / "aug.onnx"))
-    calibrator.collect_data(_Reader(digits_calib))
-    data = calibrator.compute_data().data
-    ranges = {
-        k: (
-            float(np.asarray(v.range_value[0]).reshape(-1)[0]),
-            float(np.asarray(v.range_value[1]).reshape(-1)[0]),
-        )
-        for k, v in data.items()
-        if k in tensors_to_calibrate(digits_model, cfg)
-    }
-    ours = quantize_model(digits_model, cfg, ranges)
+
+ACTIVATIONS = [("QUInt8", False), ("QInt8", False), ("QInt8", True)]
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
+@pytest.mark.parametrize(("act", "symmetric"), ACTIVATIONS, ids=["u8", "s8", "s8-symmetric"])
+def test_same_parameters_as_onnxruntime(
+    per_channel, act, symmetric, ort_setup, digits_model, digits_calib
+):
+    theirs, ours = _both(
+        ort_setup, digits_model, digits_calib, OutputForm.QDQ, per_channel, act, symmetric
+    )
     ti, oi = _initializers(theirs), _initializers(ours)
 
     def activation_params(model, inits):
@@ -97,11 +111,13 @@ def test_same_parameters_as_onnxruntime(
         q = oi[base + "_quantized"]
         np.testing.assert_array_equal(q, ti[node.input[0]], err_msg=base)
         assert q.dtype == ti[node.input[0]].dtype
+        ones = np.ones(q.shape[0], np.float32)
         if q.dtype == np.int32:
-            # bias scale s_x * s_w: within one float32 step of onnxruntime's
+            # bias scale f32(s_x * s_w) from the stored float32 scales: within one
+            # float32 step of onnxruntime's (which multiplies before rounding s_x)
             np.testing.assert_allclose(
-                oi[base + "_scale"].reshape(-1) * np.ones(q.shape[0], np.float32),
-                ti[node.input[1]].reshape(-1) * np.ones(q.shape[0], np.float32),
+                oi[base + "_scale"].reshape(-1) * ones,
+                ti[node.input[1]].reshape(-1) * ones,
                 rtol=2e-7,
             )
             biases += 1
@@ -111,3 +127,14 @@ def test_same_parameters_as_onnxruntime(
             )
             weights += 1
     assert weights == 6 and biases == 6
+
+
+@pytest.mark.parametrize("form", [OutputForm.QOPERATOR, OutputForm.QDQ], ids=["qop", "qdq"])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
+@pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
+def test_bit_identical_logits(
+    form, per_channel, act, ort_setup, digits_model, digits_calib, digits_test
+):
+    theirs, ours = _both(ort_setup, digits_model, digits_calib, form, per_channel, act)
+    x, _ = digits_test
+    np.testing.assert_array_equal(run(ours, {"input": x})[0], run(theirs, {"input": x})[0])

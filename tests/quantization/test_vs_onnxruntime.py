@@ -138,3 +138,17 @@ def test_bit_identical_logits(
     theirs, ours = _both(ort_setup, digits_model, digits_calib, form, per_channel, act)
     x, _ = digits_test
     np.testing.assert_array_equal(run(ours, {"input": x})[0], run(theirs, {"input": x})[0])
+
+
+def test_dynamic_integer_ops_bit_identical(ort_setup, digits_model, digits_test):
+    """quantize_dynamic's default (per-tensor int8 weights) and this quantizer's dynamic
+    integer form give the same logits (DynamicQuantizeLinear, ConvInteger, MatMulInteger)."""
+    folder, src, _ = ort_setup
+    out = folder / "ort_dynamic.onnx"
+    ortq.quantize_dynamic(str(src), str(out), weight_type=ortq.QuantType.QInt8)
+    cfg = QuantConfig(form=OutputForm.INTEGER, static=False, weight_type=QuantType.QInt8)
+    ours = quantize_model(digits_model, cfg)
+    x, _ = digits_test
+    np.testing.assert_array_equal(
+        run(ours, {"input": x})[0], run(onnx.load(str(out)), {"input": x})[0]
+    )

@@ -227,6 +227,8 @@ F32_EXACT = 2**24
 F64_EXACT = 2**53
 #: float32 chunks per GEMM; their exact results (each <= 2**24) are summed in int32.
 MAX_F32_CHUNKS = 16
+#: Output elements per cache block of the depthwise tap loop.
+_DW_BLOCK = 1 << 16
 
 
 def _absmax(a: np.ndarray) -> int:
@@ -407,13 +409,20 @@ def _conv_core(
         ] = x
         wf = w.astype(dtype).reshape(group, mg, taps)
         acc = np.zeros((n_batch, group, mg, *outs), dtype=dtype)
-        tmp = np.empty((n_batch, group, *outs), dtype=dtype)
-        bshape = (1, group) + (1,) * nsp
-        for ti, t in enumerate(tap_list):
-            xs = xp[(slice(None), slice(None)) + tap_slices(t)]
-            for j in range(mg):
-                np.multiply(xs, wf[:, j, ti].reshape(bshape), out=tmp)
-                acc[:, :, j] += tmp
+        # Cache blocking: one sample and a block of channels at a time, so the block's
+        # accumulator stays in cache across the taps.
+        block = max(1, _DW_BLOCK // max(npix, 1))
+        tmp = np.empty((min(block, group), *outs), dtype=dtype)
+        bshape = (-1,) + (1,) * nsp
+        for nb in range(n_batch):
+            for g0 in range(0, group, block):
+                g1 = min(group, g0 + block)
+                t_blk = tmp[: g1 - g0]
+                for ti, t in enumerate(tap_list):
+                    xs = xp[(nb, slice(g0, g1)) + tap_slices(t)]
+                    for j in range(mg):
+                        np.multiply(xs, wf[g0:g1, j, ti].reshape(bshape), out=t_blk)
+                        acc[nb, g0:g1, j] += t_blk
         acc = acc.reshape(n_batch, m, *outs)
         return acc.astype(np.int32 if dtype == np.float32 else np.int64)
     # im2col as cols[(channel, tap), (n, pixel)] built from one strided copy per tap,
@@ -426,10 +435,13 @@ def _conv_core(
     out_t = np.int32 if dtype == np.float32 else np.int64
     acc = np.empty((n_batch, m, npix), dtype=out_t)
     for g in range(group):
-        cols = np.empty((cg, taps, n_batch, *outs), dtype=dtype)
-        for ti, t in enumerate(tap_list):
-            cols[:, ti] = xp[(slice(g * cg, (g + 1) * cg), slice(None)) + tap_slices(t)]
-        cols = cols.reshape(cg * taps, n_batch * npix)
+        if taps == 1 and not any(pads) and all(st == 1 for st in strides):
+            cols = xp[g * cg : (g + 1) * cg].reshape(cg, n_batch * npix)  # 1x1: no copy
+        else:
+            cols = np.empty((cg, taps, n_batch, *outs), dtype=dtype)
+            for ti, t in enumerate(tap_list):
+                cols[:, ti] = xp[(slice(g * cg, (g + 1) * cg), slice(None)) + tap_slices(t)]
+            cols = cols.reshape(cg * taps, n_batch * npix)
         wmat = w[g * mg : (g + 1) * mg].reshape(mg, cg * taps).astype(dtype)
         # (Mg, K) @ (K, N*P), K chunked so every partial sum is exact.
         part = _chunked_matmul(wmat, cols, chunk).reshape(mg, n_batch, npix)

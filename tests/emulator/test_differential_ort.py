@@ -338,3 +338,52 @@ def test_onnxruntime_quantized_digits_model_runs_bit_exact(
     got = runtime_emulator.run(model, {"input": x}, target="cpu")["logits"]
     assert got.dtype == want.dtype == np.float32
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_onnxruntime_quantized_efficientnet_lite0_runs_bit_exact(tmp_path) -> None:
+    """A real mobile network (49 QLinearConv, 16 of them depthwise, per-channel uint8,
+    9 QLinearAdd) on real photos: the emulator's logits equal onnxruntime's bit for bit."""
+    import sys
+    from pathlib import Path
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    import runtime_emulator
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "efficientnet_lite0"
+    if not (folder / "model.onnx").exists() or not (folder / "photos.npz").exists():
+        pytest.skip("models/efficientnet_lite0 is not present")
+    sys.path.insert(0, str(folder))
+    try:
+        from preprocess import preprocess
+    finally:
+        sys.path.remove(str(folder))
+    with np.load(folder / "photos.npz") as z:
+        images = z["images"][:12]
+    calib = preprocess(images[:8]).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": calib[:4]}, {"input": calib[4:]}])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(folder / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+    )  # fmt: skip
+    model = onnx.load(str(out))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    x = preprocess(images[8:]).astype(np.float32)
+    want = sess.run(None, {"input": x})[0]
+    got = runtime_emulator.run(model, {"input": x}, target="cpu")["logits"]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -186,22 +186,30 @@ def _rss_kb(field: str) -> int:
 
 def child(spec: dict) -> dict:
     """Run one calibration; report seconds (the call) and the process's peak RSS."""
+    import resource
+
     import onnx
+
+    def cpu() -> float:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
 
     path = Path(spec["model"])
     reader = SampleReader(spec["kind"], spec["n"], spec["resolution"])
+    import onnxruntime  # noqa: F401 - both libraries use it; import before timing
+
     if spec["lib"] == "ours":
         from systolic_sdk.calibration import calibrate
 
         model = onnx.load(path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         ranges = calibrate(model, reader, method=spec["method"], progress=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
     else:
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
         with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu()
             cal = create_calibrator(
                 path,
                 None,
@@ -211,10 +219,11 @@ def child(spec: dict) -> dict:
             )
             cal.collect_data(reader)
             data = cal.compute_data()
-            seconds = time.perf_counter() - t0
+            seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
             ranges = {k: tuple(float(np.ravel(v)[0]) for v in data[k].range_value) for k in data}
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_mb": _rss_kb("VmHWM") / 1024,
         "tensors": len(ranges),
         "ranges": {k: list(v) for k, v in ranges.items()} if spec.get("keep_ranges") else None,
@@ -243,7 +252,7 @@ def activation_bytes(path: Path, resolution: int) -> int:
     """Bytes of every float activation of one sample (onnxruntime's per-sample retention)."""
     import onnx
 
-    from systolic_sdk.calibration.collect import augment_model, calibratable_tensors
+    from systolic_sdk.calibration.session import augment_model, calibratable_tensors
 
     model = onnx.load(path)
     kind = "resnet18" if "resnet18" in path.name else path.parent.name
@@ -287,7 +296,8 @@ def speed(args, workdir: Path) -> list[dict]:
                 else:
                     print(
                         f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['seconds']:8.2f} s "
-                        f"{res['peak_mb']:8.0f} MB  ({res['tensors']} tensors)",
+                        f"{res['cpu_seconds']:8.2f} cpu-s {res['peak_mb']:8.0f} MB  "
+                        f"({res['tensors']} tensors)",
                         flush=True,
                     )
     return rows
@@ -299,7 +309,7 @@ def speed_table(rows: list[dict]) -> str:
         sub = [r for r in rows if r["model"] == kind]
         ns = sorted({r["n"] for r in sub})
         lines.append(f"\n### {kind}\n")
-        head = "| calibrator | " + " | ".join(f"{n}: s / MB" for n in ns) + " |"
+        head = "| calibrator | " + " | ".join(f"{n}: s / cpu-s / MB" for n in ns) + " |"
         if len(ns) > 1:
             head += f" RSS {ns[-1]}/{ns[0]} |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -310,7 +320,9 @@ def speed_table(rows: list[dict]) -> str:
                 if "error" in r:
                     cells.append(r["error"])
                 else:
-                    cells.append(f"{r['seconds']:.2f} / {r['peak_mb']:.0f}")
+                    cells.append(
+                        f"{r['seconds']:.2f} / {r['cpu_seconds']:.2f} / {r['peak_mb']:.0f}"
+                    )
                     peaks[n] = r["peak_mb"]
             label = f"{'ours' if lib == 'ours' else 'onnxruntime'} {method}"
             line = f"| {label} | " + " | ".join(cells) + " |"
@@ -321,7 +333,7 @@ def speed_table(rows: list[dict]) -> str:
         # time ratio of each of our methods to onnxruntime MinMax at equal samples
         ort = {r["n"]: r for r in sub if r["lib"] == "ort" and r["method"] == "MinMax"}
         if ort:
-            lines.append("\nwall time / onnxruntime MinMax at equal samples:\n")
+            lines.append("\nwall time (and CPU time) / onnxruntime MinMax's, at equal samples:\n")
             lines.append("| calibrator | " + " | ".join(str(n) for n in ns) + " |")
             lines.append("|" + "---|" * (len(ns) + 1))
             for method in dict.fromkeys(r["method"] for r in sub if r["lib"] == "ours"):
@@ -332,7 +344,12 @@ def speed_table(rows: list[dict]) -> str:
                     )
                     ref = ort.get(n)
                     ok = ref and "error" not in ref and "error" not in ours
-                    cells.append(f"{ours['seconds'] / ref['seconds']:.2f}" if ok else "-")
+                    cells.append(
+                        f"{ours['seconds'] / ref['seconds']:.2f} "
+                        f"({ours['cpu_seconds'] / ref['cpu_seconds']:.2f})"
+                        if ok
+                        else "-"
+                    )
                 lines.append(f"| ours {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -15,10 +15,11 @@ Statistics (:mod:`.stats`) are updated per batch and merge exactly: collect on s
 shards (or processes; they pickle), ``merge_all`` them, then ``compute_ranges``.
 """
 
-from systolic_sdk.calibration.collect import calibratable_tensors, calibrate, collect
+from systolic_sdk.calibration.collect import calibrate, collect
 from systolic_sdk.calibration.methods import METHODS, CalibrationError, compute_ranges
 from systolic_sdk.calibration.preprocess import PREPROCESSORS, register_preprocessor
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
+from systolic_sdk.calibration.session import calibratable_tensors
 from systolic_sdk.calibration.sources import DataSourceError, open_source
 from systolic_sdk.calibration.stats import HistogramStats, MinMaxStats, TensorStats, merge_all
 from systolic_sdk.calibration.table import read_table, write_table

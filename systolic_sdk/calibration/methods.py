@@ -112,7 +112,7 @@ def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, flo
         num_quantized_bins *= 2
     if n <= num_quantized_bins:
         return _clip(st, n * width)
-    stride = max(1, (n - num_quantized_bins) // 512)
+    stride = max(1, (n - num_quantized_bins) // 256)  # at most ~256 candidate thresholds
     best_kl, best_i = math.inf, n
     suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
     for i in range(num_quantized_bins, n + 1, stride):

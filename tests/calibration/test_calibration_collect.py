@@ -17,7 +17,7 @@ from systolic_sdk.calibration import (
     compute_ranges,
     merge_all,
 )
-from systolic_sdk.calibration.collect import augment_model
+from systolic_sdk.calibration.session import augment_model
 from systolic_sdk.errors import SdkError
 
 

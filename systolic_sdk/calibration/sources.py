@@ -308,8 +308,19 @@ def open_source(
         raise DataSourceError(f"{path}: no such file or folder")
     kwargs = {"dataset_size": dataset_size, "batch_size": batch_size}
     if path.is_file():
-        return _open_file(path, specs, **kwargs, preprocess=preprocess, model=model)
-    return _open_folder(path, specs, **kwargs, preprocess=preprocess, model=model)
+        reader = _open_file(path, specs, **kwargs, preprocess=preprocess, model=model)
+    else:
+        reader = _open_folder(path, specs, **kwargs, preprocess=preprocess, model=model)
+    from systolic_sdk.calibration.images import ImageFolderReader
+
+    if preprocess is not None and str(preprocess).lower() != "none":
+        if not isinstance(reader, ImageFolderReader):
+            warnings.warn(
+                f"{path}: preprocessing '{preprocess}' applies to images only; "
+                "the arrays are fed as they are",
+                stacklevel=2,
+            )
+    return reader
 
 
 def _single(path: Path, specs, loader, **kwargs) -> ChunkReader:

@@ -166,3 +166,9 @@ def test_fixed_batch_of_two_drops_the_incomplete_tail(tmp_path, samples):
     with pytest.warns(UserWarning, match="dropping the last 1 sample"):
         feeds = drain(open_source(tmp_path / "x.npy", model))
     assert [len(f["x"]) for f in feeds] == [2, 2]
+
+
+def test_preprocessing_a_non_image_source_warns(tmp_path, model, samples):
+    np.save(tmp_path / "x.npy", samples)
+    with pytest.warns(UserWarning, match="applies to images only"):
+        open_source(tmp_path / "x.npy", model, preprocess="preprocess_method2")

@@ -261,7 +261,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact ``a @ b`` of integer arrays (NumPy matmul broadcasting) as int64.
 
     Uses float BLAS with K chunked so every partial sum is exact (see :func:`gemm_plan`);
-    the chunks are added in int64. Identical to :func:`int_matmul_reference`.
+    the chunks are added as integers. Identical to :func:`int_matmul_reference`.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -400,7 +400,10 @@ def _conv_core(
 
     if cg == 1 and dtype != np.int64:
         # Depthwise-like (one input channel per group): a loop over the kernel taps,
-        # each a vectorized multiply-add over every output. Sums of <= taps products.
+        # each a vectorized multiply-add over every output. The running sum holds all
+        # taps at once, so float32 only when one chunk covers them.
+        if dtype == np.float32 and chunk < taps:
+            dtype = np.dtype(np.float64)
         xp = np.zeros([n_batch, c] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)],
                       dtype=dtype)  # fmt: skip
         xp[

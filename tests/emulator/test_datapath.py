@@ -217,22 +217,37 @@ def test_int_matmul_equals_int64_reference(ops: tuple[np.ndarray, np.ndarray]) -
 
 @st.composite
 def conv_operands(draw: st.DrawFn):
-    nsp = draw(st.sampled_from([1, 2, 2, 3]))
-    group = draw(st.sampled_from([1, 1, 2, 3]))
-    depthwise = draw(st.booleans()) and group > 1
+    # One case in four has more taps than one exact float32 chunk holds (17 x 16 taps of
+    # products up to 255 * 255), so float32 alone would lose bits.
+    large_kernel = draw(st.integers(0, 3)) == 0
+    nsp = 2 if large_kernel else draw(st.sampled_from([1, 2, 2, 3]))
+    group = 2 if large_kernel else draw(st.sampled_from([1, 1, 2, 3]))
+    depthwise = large_kernel or (draw(st.booleans()) and group > 1)
     cg = 1 if depthwise else draw(st.integers(1, 4))
     mg = draw(st.integers(1, 3))
-    kernel = [draw(st.integers(1, 3)) for _ in range(nsp)]
-    dil = [draw(st.integers(1, 2)) for _ in range(nsp)]
+    if large_kernel:
+        kernel, dil = [17, draw(st.integers(16, 17))], [1, 1]
+    else:
+        kernel = [draw(st.integers(1, 3)) for _ in range(nsp)]
+        dil = [draw(st.integers(1, 2)) for _ in range(nsp)]
     strides = [draw(st.integers(1, 3)) for _ in range(nsp)]
-    pads = [draw(st.integers(0, 2)) for _ in range(2 * nsp)]
-    size = [draw(st.integers((k - 1) * d + 1, 7)) for k, d in zip(kernel, dil, strict=True)]
-    big = draw(st.booleans())
+    pads = [0 if large_kernel else draw(st.integers(0, 2)) for _ in range(2 * nsp)]
+    size = [
+        draw(st.integers((k - 1) * d + 1, max(7, k + 1))) for k, d in zip(kernel, dil, strict=True)
+    ]
+    big = large_kernel or draw(st.booleans())
+    extreme = large_kernel or draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     lo, hi = (-255, 255) if big else (-128, 127)
     n = draw(st.integers(1, 2))
-    x = rng.integers(lo, hi + 1, (n, cg * group, *size)).astype(np.int16)
-    w = rng.integers(lo, hi + 1, (mg * group, cg, *kernel)).astype(np.int16)
+    xs, ws = (n, cg * group, *size), (mg * group, cg, *kernel)
+    if extreme:  # mostly same-sign products: the largest partial sums
+        x = np.full(xs, hi, np.int16)
+        w = np.full(ws, hi, np.int16)
+        x.flat[rng.integers(0, x.size, draw(st.integers(0, x.size // 20)))] = lo
+    else:
+        x = rng.integers(lo, hi + 1, xs).astype(np.int16)
+        w = rng.integers(lo, hi + 1, ws).astype(np.int16)
     bias = rng.integers(-(2**31), 2**31, mg * group).astype(np.int32)
     return x, w, bias, dict(strides=strides, pads=pads, dilations=dil, group=group)
 
@@ -255,4 +270,19 @@ def test_conv_accumulate_large_k_uses_exact_chunks() -> None:
     kw = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
     want = dp.conv_accumulate_reference(x, w, **kw)
     assert want.max() > 2**25  # K = 4608: far beyond float32's exact range
+    assert np.array_equal(dp.conv_accumulate(x, w, **kw), want)
+
+
+def test_depthwise_with_more_taps_than_a_float32_chunk_is_exact() -> None:
+    # 17 x 17 = 289 taps of products up to 255 * 255: beyond one exact float32 chunk
+    # (2**24 // 65025 = 258 products).
+    rng = np.random.default_rng(0)
+    x = rng.choice([-255, 255], (1, 2, 17, 17)).astype(np.int16)
+    w = rng.choice([-255, 255], (2, 1, 17, 17)).astype(np.int16)
+    x[0, 0] = 255
+    w[0, 0] = 255
+    x[0, 0, 0, :3] = -255
+    kw = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=2)
+    want = dp.conv_accumulate_reference(x, w, **kw)
+    assert abs(int(want[0, 0, 0, 0])) > 2**24
     assert np.array_equal(dp.conv_accumulate(x, w, **kw), want)

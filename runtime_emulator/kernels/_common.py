@@ -121,6 +121,8 @@ def conv_attrs(
         raise fail(ctx, "strides, dilations and pads must match the number of spatial axes")
     if min(strides) < 1 or min(dilations) < 1 or group < 1:
         raise fail(ctx, "strides, dilations and group must be positive")
+    if pads and min(pads) < 0:
+        raise fail(ctx, f"pads must be non-negative, got {list(pads)}")
     if auto_pad not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise fail(ctx, f"unknown auto_pad {auto_pad!r}")
     return strides, dilations, ks, group, auto_pad, list(pads) if pads else None

@@ -102,6 +102,8 @@ def test_qlinearconv_relu_attribute_clamps_at_zero_point() -> None:
         ({"kernel_shape": [2, 2]}, "kernel_shape"),
         ({"strides": [1]}, "strides"),
         ({"auto_pad": "BOGUS"}, "auto_pad"),
+        ({"pads": [1, -1, 0, 0]}, "non-negative"),
+        ({"strides": [0, 1]}, "positive"),
     ],
 )
 def test_qlinearconv_rejects_bad_attributes(attrs, message) -> None:

@@ -272,27 +272,35 @@ def _source(index: GraphIndex, name: str) -> str:
 # The benchmark
 
 
-def variants(relu6: str) -> dict[str, tuple[Callable, bool]]:
+def variants(relu6: str, min_range: float, extra: bool) -> dict[str, tuple[Callable, bool]]:
     """name -> (fp32 transform(model, calib) -> model, per-channel weights)."""
-    return {
+
+    def cle(m: onnx.ModelProto, mode: str = relu6) -> onnx.ModelProto:
+        return equalize(m, relu6=mode, min_range=min_range)  # type: ignore[arg-type]
+
+    todo: dict[str, tuple[Callable, bool]] = {
         "(a) plain": (lambda m, c: m, False),
-        "(b) CLE": (lambda m, c: equalize(m, relu6=relu6), False),
-        "(c) CLE + BC": (lambda m, c: correct_bias(equalize(m, relu6=relu6), c), False),
+        "(b) CLE": (lambda m, c: cle(m), False),
+        "(c) CLE + BC": (lambda m, c: correct_bias(cle(m), c), False),
         "(d) per-channel": (lambda m, c: m, True),
     }
+    if extra:
+        todo["BC only"] = (lambda m, c: correct_bias(m, c), False)
+        todo["CLE + BC layerwise"] = (lambda m, c: correct_bias(cle(m), c, sequential=False), False)
+        todo["CLE min_range=0"] = (
+            lambda m, c: equalize(m, relu6=relu6, min_range=0.0),  # type: ignore[arg-type]
+            False,
+        )
+        for mode in ("max", "relu", "keep"):
+            todo[f"CLE relu6={mode}"] = (lambda m, c, mode=mode: cle(m, mode), False)
+    return todo
 
 
-def bench_model(name: str, relu6: str, extra: bool) -> list[tuple]:
+def bench_model(name: str, relu6: str, min_range: float, extra: bool) -> list[tuple]:
     model, calib, evalx = load_efficientnet() if name == "efficientnet_lite0" else load_digits()
     ref = run(model, evalx)
     rows = []
-    todo = variants(relu6)
-    if extra:
-        todo["BC only"] = (lambda m, c: correct_bias(m, c), False)
-        todo["CLE + BC (layerwise)"] = (
-            lambda m, c: correct_bias(equalize(m, relu6=relu6), c, sequential=False),
-            False,
-        )
+    todo = variants(relu6, min_range, extra)
     for label, (transform, per_channel) in todo.items():
         t0 = time.perf_counter()
         fp = transform(model, calib)
@@ -320,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="all", choices=["all", "efficientnet_lite0", "digits_cnn"])
     p.add_argument("--relu6", default="exact", help="equalize(relu6=...) mode")
+    p.add_argument("--min-range", type=float, default=1e-2, help="equalize(min_range=...)")
     p.add_argument("--extra", action="store_true", help="also BC only and layerwise BC")
     args = p.parse_args(argv)
     names = ["digits_cnn", "efficientnet_lite0"] if args.model == "all" else [args.model]
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     for name in names:
-        bench_model(name, args.relu6, args.extra)
+        bench_model(name, args.relu6, args.min_range, args.extra)
     return 0
 
 

@@ -97,7 +97,8 @@ def equalize(
     *,
     iterations: int = 100,
     tolerance: float = 1e-6,
-    relu6: Relu6Mode = "max",
+    relu6: Relu6Mode = "exact",
+    min_range: float = 1e-2,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` with cross-layer equalization applied to every chain.
 
@@ -106,7 +107,12 @@ def equalize(
     Conv/Gemm/MatMul reading that tensor as its data input (grouped and depthwise convs
     included). Sweeps over all chains stop after ``iterations`` sweeps or when every scale
     of a sweep is within ``tolerance`` of 1 (relative). ``relu6`` says how bounded Clips on
-    a chain are rewritten (see ``Relu6Mode``). The input model is not modified.
+    a chain are rewritten (see ``Relu6Mode``; the default "exact" keeps the fp32 function).
+    A channel whose weight range is below ``min_range`` times the largest of its tensor (in
+    either layer: a near-dead channel, typically from BatchNorm folding) is left unscaled:
+    equalizing it would divide its bias, often its whole output, by a tiny ``s`` and
+    inflate the activation range of the tensor for nothing. The input model is not
+    modified.
     """
     require_float_model(model, "equalize")
     if relu6 not in _RELU6_MODES:
@@ -133,7 +139,7 @@ def equalize(
     for _ in range(iterations):
         worst = 0.0
         for chain in chains:
-            s = _step(chain, weights)
+            s = _step(chain, weights, min_range)
             chain.scale *= s
             worst = max(worst, float(np.max(np.abs(s - 1.0))))
         if worst <= tolerance:
@@ -286,14 +292,22 @@ def _scale_out(layer: LinearLayer, w: np.ndarray, s: np.ndarray) -> np.ndarray:
     return w / s.reshape(shape)
 
 
-def _step(chain: _Chain, weights: dict[str, np.ndarray]) -> np.ndarray:
+def equalization_scales(r1: np.ndarray, r2: np.ndarray, min_range: float = 0.0) -> np.ndarray:
+    """Nagel's ``s_i = sqrt(r1_i * r2_i) / r2_i``; 1 where a range is 0 or below
+    ``min_range`` times its tensor's largest."""
+    ok = np.isfinite(r1) & np.isfinite(r2) & (r1 > 0) & (r2 > 0)
+    ok &= (r1 >= min_range * r1.max(initial=0.0)) & (r2 >= min_range * r2.max(initial=0.0))
+    s = np.ones_like(r1, dtype=np.float64)
+    s[ok] = np.sqrt(r1[ok] * r2[ok]) / r2[ok]
+    return s
+
+
+def _step(chain: _Chain, weights: dict[str, np.ndarray], min_range: float) -> np.ndarray:
     """One equalization of one chain; returns the scales it applied."""
     a, b = chain.first, chain.second
     r1 = out_ranges(a, weights[a.weight])
     r2 = in_ranges(b, weights[b.weight], chain.block)
-    ok = (r1 > 0) & (r2 > 0) & np.isfinite(r1) & np.isfinite(r2)
-    s = np.ones_like(r1)
-    s[ok] = np.sqrt(r1[ok] / r2[ok])
+    s = equalization_scales(r1, r2, min_range)
     weights[a.weight] = _scale_out(a, weights[a.weight], s)
     if a.bias is not None:
         bias = weights[a.bias]

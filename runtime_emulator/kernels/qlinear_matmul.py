@@ -120,13 +120,8 @@ def qlinear_matmul(
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     b_scale = _column_param(b_scale, b2, "b_scale", ctx)
     acc = dp.int_matmul_wrap32(_centered(a2, a_zp), _centered(b2, b_zp))
-    scale_dtype = np.result_type(a_scale, b_scale, y_scale)
-    if scale_dtype == np.float16:
-        # Float16 scales (opset 21): the multiplier is formed in float16 arithmetic.
-        prod = np.multiply(a_scale, b_scale, dtype=np.float16)
-        mult = np.divide(prod, y_scale, dtype=np.float16).astype(np.float32)
-    else:
-        mult = dp.requant_multiplier(a_scale, b_scale, y_scale)
+    # Float16 scales (opset 21) are widened to float32 exactly, as onnxruntime does.
+    mult = dp.requant_multiplier(a_scale, b_scale, y_scale)
     y = dp.requantize(acc, mult, y_dtype, y_zp)
     return [_squeeze(y, a, b)]
 

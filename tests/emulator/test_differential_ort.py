@@ -191,6 +191,9 @@ def qmatmul_cases(draw: st.DrawFn):
         a.astype(np.int16) - a_zp.astype(np.int16), b.astype(np.int16) - b_zp.astype(np.int16)
     )
     ys, y_zp = _y_params(draw, acc, float(as_), bs, adt)
+    if draw(st.integers(0, 3)) == 0:  # float16 scales (opset 21)
+        return [a, np.array(as_, np.float16), a_zp, b, bs.astype(np.float16), b_zp,
+                np.clip(ys, F32(1e-4), F32(6e4)).astype(np.float16), y_zp]  # fmt: skip
     return [a, np.array(as_), a_zp, b, bs, b_zp, ys, y_zp]
 
 

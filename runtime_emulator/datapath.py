@@ -429,27 +429,28 @@ def _conv_core(
         acc = acc.reshape(n_batch, m, *outs)
         return acc.astype(np.int32 if dtype == np.float32 else np.int64)
     # im2col as cols[(channel, tap), (n, pixel)] built from one strided copy per tap,
-    # then per group acc[oc, (n, pixel)] = w[oc, (channel, tap)] @ cols.
+    # then acc[oc, (n, pixel)] = w[oc, (channel, tap)] @ cols, all groups in one batched
+    # GEMM: (G, Mg, K) @ (G, K, N*P) with K = Cg * taps.
     xp = np.zeros([c, n_batch] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)],
                   dtype=dtype)  # fmt: skip
     interior = (slice(None), slice(None))
     interior += tuple(slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))
     xp[interior] = np.moveaxis(x, 1, 0)
-    out_t = np.int32 if dtype == np.float32 else np.int64
-    acc = np.empty((n_batch, m, npix), dtype=out_t)
-    for g in range(group):
-        if taps == 1 and not any(pads) and all(st == 1 for st in strides):
-            cols = xp[g * cg : (g + 1) * cg].reshape(cg, n_batch * npix)  # 1x1: no copy
-        else:
-            cols = np.empty((cg, taps, n_batch, *outs), dtype=dtype)
-            for ti, t in enumerate(tap_list):
-                cols[:, ti] = xp[(slice(g * cg, (g + 1) * cg), slice(None)) + tap_slices(t)]
-            cols = cols.reshape(cg * taps, n_batch * npix)
-        wmat = w[g * mg : (g + 1) * mg].reshape(mg, cg * taps).astype(dtype)
-        # (Mg, K) @ (K, N*P), K chunked so every partial sum is exact.
-        part = _chunked_matmul(wmat, cols, chunk).reshape(mg, n_batch, npix)
-        acc[:, g * mg : (g + 1) * mg] = part.transpose(1, 0, 2)
-    return acc.reshape(n_batch, m, *outs)
+    if taps == 1 and not any(pads) and all(st == 1 for st in strides):
+        cols = xp.reshape(c, n_batch * npix)  # 1x1, stride 1: no copy
+    else:
+        cols = np.empty((c, taps, n_batch, *outs), dtype=dtype)
+        for ti, t in enumerate(tap_list):
+            cols[:, ti] = xp[(slice(None), slice(None)) + tap_slices(t)]
+    cols = cols.reshape(group, cg * taps, n_batch * npix)
+    wmat = w.reshape(group, mg, cg * taps).astype(dtype)
+    if group == 1:
+        part = _chunked_matmul(wmat[0], cols[0], chunk)
+    else:
+        part = _chunked_matmul(wmat, cols, chunk)
+    # (M, N, P) -> (N, M, P)
+    acc = part.reshape(m, n_batch, npix).transpose(1, 0, 2)
+    return np.ascontiguousarray(acc).reshape(n_batch, m, *outs)
 
 
 def conv_accumulate(

@@ -158,3 +158,20 @@ def test_dynamicquantizelinear_matches_onnxruntime(seed: int, kind: str) -> None
     got = run_kernel("DynamicQuantizeLinear", [x])
     for g, w in zip(got, want, strict=True):
         assert _bits_equal(np.asarray(g), np.asarray(w))
+
+
+def test_float16_quantizelinear_divides_in_float16_as_onnx_specifies() -> None:
+    """ONNX: the scale's type sets the division's precision (onnx.reference agrees);
+    onnxruntime widens both to float32 and divides in float32. They differ where the
+    float16 quotient rounds across a .5."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, 256).astype(np.float16)
+    s = np.array(0.37, np.float16)
+    z = np.array(3, np.uint8)
+    got = run_kernel("QuantizeLinear", [x, s, z])[0]
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    assert np.array_equal(got, ReferenceEvaluator(node).run(None, {"x": x, "s": s, "z": z})[0])
+    ort = run_ort_node("QuantizeLinear", [("x", x), ("s", s), ("z", z)], feeds=("x",))[0]
+    widened = run_kernel("QuantizeLinear", [x.astype(F32), s.astype(F32), z])[0]
+    assert np.array_equal(ort, widened)  # onnxruntime's rule, exactly
+    assert np.count_nonzero(ort != got) > 0  # and the two rules do differ here

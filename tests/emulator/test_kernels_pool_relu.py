@@ -67,15 +67,47 @@ def test_maxpool_same_with_window_smaller_than_stride_crops(size, stride, auto_p
     assert np.array_equal(run_kernel("MaxPool", [x], attrs)[0], want)
 
 
-def test_maxpool_refuses_indices_and_bad_attributes() -> None:
-    x = np.zeros((1, 1, 4, 4), np.int8)
+@st.composite
+def indices_cases(draw: st.DrawFn):
+    x, attrs = draw(pool_cases())
+    attrs.pop("auto_pad", None)
+    nsp = x.ndim - 2
+    attrs.setdefault("pads", [0] * (2 * nsp))
+    if nsp == 2:
+        attrs["storage_order"] = int(draw(st.booleans()))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if np.issubdtype(x.dtype, np.integer) and draw(st.booleans()):
+        # Many equal values (ties): the first occurrence of the maximum wins.
+        info = np.iinfo(x.dtype)
+        x[:] = info.min
+        x.flat[rng.integers(0, x.size, 3)] = info.max
+    elif x.dtype == np.float32 and draw(st.booleans()):
+        x.flat[rng.integers(0, x.size, x.size // 3)] = np.nan
+        x.flat[rng.integers(0, x.size, x.size // 4)] = -np.inf
+    return x, attrs
+
+
+@settings(max_examples=80, deadline=None)
+@given(indices_cases())
+def test_maxpool_indices_match_onnxruntime(case) -> None:
+    x, attrs = case
+    want = run_ort_node("MaxPool", [("x", x)], attrs, feeds=("x",), opset=12, n_outputs=2)
     ctx = KernelContext(node_name="pool", extra={"num_outputs": 2})
-    with pytest.raises(UnsupportedError, match="Indices"):
-        lookup("", "MaxPool")([x], {"kernel_shape": [2, 2]}, ctx)
+    got = lookup("", "MaxPool")([x], attrs, ctx)
+    assert len(got) == 2
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert np.array_equal(g, w, equal_nan=True)
+
+
+def test_maxpool_rejects_bad_attributes() -> None:
+    x = np.zeros((1, 1, 4, 4), np.int8)
     with pytest.raises(EmulatorError, match="kernel_shape"):
         run_kernel("MaxPool", [x], {"kernel_shape": [2]})
     with pytest.raises(EmulatorError, match="does not fit"):
         run_kernel("MaxPool", [x], {"kernel_shape": [5, 5]})
+    with pytest.raises(EmulatorError, match="storage_order"):
+        run_kernel("MaxPool", [x], {"kernel_shape": [2, 2], "storage_order": 2})
 
 
 @pytest.mark.parametrize("domain", ["", SYSTOLIC_DOMAIN])

@@ -1,7 +1,8 @@
 """QLinearMatMul and MatMulInteger: N-D with NumPy matmul broadcasting, ONNX semantics.
 
 uint8 and int8, non-zero zero points, per-column ``b`` scales/zero points (shape [N] or
-[..., 1, N]) and per-row ``a`` zero points for MatMulInteger (shape [M] or [..., M, 1]).
+[..., 1, N]) and per-row ``a`` scales/zero points (shape [M] or [..., M, 1]), as ONNX
+allows; the multiplier of output (r, c) is ``f32(f32(s_a[r] * s_b[c]) / s_y)``.
 The arithmetic is the accelerator's and onnxruntime's: exact integer accumulation
 (wrapping int32), ``M = f32(f32(s_a * s_b) / s_y)``, ``f32(f32(acc) * M)``, round half to
 even, add the zero point, saturate.
@@ -108,7 +109,7 @@ def qlinear_matmul(
     check_dtype(a, INT8_TYPES, "a", ctx)
     check_dtype(b, INT8_TYPES, "b", ctx)
     a2, b2 = _as_matrices(a, b, ctx)
-    a_zp = per_tensor(zero_point_or_default(a_zp, a, "a_zero_point", ctx), "a_zero_point", ctx)
+    a_zp = _row_param(zero_point_or_default(a_zp, a, "a_zero_point", ctx), a2, "a_zero_point", ctx)
     b_zp = _column_param(
         zero_point_or_default(b_zp, b, "b_zero_point", ctx), b2, "b_zero_point", ctx
     )
@@ -116,7 +117,7 @@ def qlinear_matmul(
     if y_dtype not in INT8_TYPES:
         raise fail(ctx, f"y_zero_point is {np.dtype(y_dtype).name}; expected int8 or uint8")
     y_zp = per_tensor(y_zp, "y_zero_point", ctx) if y_zp is not None else np.zeros((), y_dtype)
-    a_scale = per_tensor(a_scale, "a_scale", ctx)
+    a_scale = _row_param(a_scale, a2, "a_scale", ctx)
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     b_scale = _column_param(b_scale, b2, "b_scale", ctx)
     acc = dp.int_matmul_wrap32(_centered(a2, a_zp), _centered(b2, b_zp))

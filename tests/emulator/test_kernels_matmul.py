@@ -83,3 +83,28 @@ def test_matmulinteger_matches_onnxruntime(seed, adt, a_gran, b_gran, a_shape) -
     else:
         want = run_ort_node("MatMulInteger", ins, feeds=("A",), opset=10)[0]
     assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("a_shape", [(4, 9), (2, 4, 9)])
+def test_qlinearmatmul_per_row_a_as_onnx_specifies(a_shape) -> None:
+    """ONNX allows per-row ``a`` scales/zero points ([M] or [..., M, 1]); onnxruntime
+    refuses them, so this checks the definition directly: per (row, column) multiplier
+    f32(f32(s_a[r] * s_b[c]) / s_y), exact accumulation, round half to even."""
+    rng = np.random.default_rng(len(a_shape))
+    a = rng.integers(0, 256, a_shape).astype(np.uint8)
+    b = rng.integers(-128, 128, (9, 3)).astype(np.int8)
+    sa = rng.uniform(0.01, 0.1, 4).astype(F32)
+    za = rng.integers(0, 256, 4).astype(np.uint8)
+    sb = rng.uniform(0.01, 0.1, 3).astype(F32)
+    shape = (4,) if len(a_shape) == 2 else (2, 4, 1)
+    sa_in = np.broadcast_to(sa.reshape(4, 1), (2, 4, 1)).copy() if len(shape) == 3 else sa
+    za_in = np.broadcast_to(za.reshape(4, 1), (2, 4, 1)).copy() if len(shape) == 3 else za
+    ins = [a, sa_in, za_in, b, sb, np.zeros(3, np.int8), np.array(0.05, F32),
+           np.array(7, np.uint8)]  # fmt: skip
+    got = run_kernel("QLinearMatMul", ins)[0]
+    acc = (a.astype(np.int64) - za.reshape(4, 1)) @ b.astype(np.int64)
+    m = np.divide(np.multiply(sa.reshape(4, 1), sb.reshape(1, 3), dtype=F32), F32(0.05), dtype=F32)
+    v = np.rint(np.multiply(acc.astype(F32), m, dtype=F32)) + 7
+    assert np.array_equal(got, np.clip(v, 0, 255).astype(np.uint8))
+    with pytest.raises(EmulatorError, match="a_scale"):
+        run_kernel("QLinearMatMul", [a, sa[:3], *ins[2:]])

@@ -229,6 +229,8 @@ F64_EXACT = 2**53
 MAX_F32_CHUNKS = 16
 #: Output elements per cache block of the depthwise tap loop.
 _DW_BLOCK = 1 << 16
+#: Largest im2col buffer (elements) built at once; larger batches run in slices.
+_COLS_LIMIT = 1 << 25
 
 
 def _absmax(a: np.ndarray) -> int:
@@ -389,6 +391,17 @@ def _conv_core(
         for i in range(nsp)
     ]
     npix = int(np.prod(outs)) if outs else 1
+    cols_size = c * taps * npix * n_batch
+    if n_batch > 1 and cols_size > _COLS_LIMIT:
+        # Bound the im2col buffer: run the batch in slices (results are identical).
+        step = max(1, _COLS_LIMIT // (c * taps * npix))
+        parts = [
+            _conv_core(x[i : i + step], w, strides, pads, dilations, group)
+            for i in range(0, n_batch, step)
+        ]
+        if len({p.dtype for p in parts}) > 1:  # slices may differ in their exact plan
+            parts = [p.astype(np.int64) for p in parts]
+        return np.concatenate(parts)
     tap_list = list(np.ndindex(*kernel))
 
     def tap_slices(t: tuple[int, ...]) -> tuple[slice, ...]:

@@ -286,3 +286,17 @@ def test_depthwise_with_more_taps_than_a_float32_chunk_is_exact() -> None:
     want = dp.conv_accumulate_reference(x, w, **kw)
     assert abs(int(want[0, 0, 0, 0])) > 2**24
     assert np.array_equal(dp.conv_accumulate(x, w, **kw), want)
+
+
+def test_large_batches_run_in_slices_with_identical_results(monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(-255, 256, (5, 3, 9, 9)).astype(np.int16)
+    x[3] = 255  # one slice with larger bounds than the others
+    w = rng.integers(-255, 256, (4, 3, 3, 3)).astype(np.int16)
+    bias = np.full(4, 2**31 - 1, np.int32)
+    kw = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
+    want = dp.conv_accumulate_reference(x, w, **kw)
+    monkeypatch.setattr(dp, "_COLS_LIMIT", 3 * 9 * 81 * 2)  # two samples per slice
+    assert np.array_equal(dp.conv_accumulate(x, w, **kw), want)
+    got = dp.conv_accumulate_wrap32(x, w, bias, **kw)
+    assert np.array_equal(got, dp.wrap32(want + 2**31 - 1))

@@ -58,13 +58,10 @@ def conv_integer_core(
     if c % group or m % group or w.shape[1] * group != c:
         raise fail(ctx, f"group {group} does not fit x channels {c}, w shape {list(w.shape)}")
     pads = dp.resolve_pads(auto_pad, spatial, kernel, strides, dilations, pads)
-    for i, s in enumerate(spatial):
-        if (
-            dp.conv_output_size(
-                s, kernel[i], strides[i], dilations[i], pads[i] + pads[i + len(spatial)]
-            )
-            < 1
-        ):
+    n = len(spatial)
+    for i, size in enumerate(spatial):
+        span = pads[i] + pads[i + n]
+        if dp.conv_output_size(size, kernel[i], strides[i], dilations[i], span) < 1:
             raise fail(ctx, f"the kernel does not fit the padded input along spatial axis {i}")
     wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
     return dp.conv_accumulate_wrap32(

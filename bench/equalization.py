@@ -152,6 +152,17 @@ def activation_scale(index: GraphIndex, name: str, rng: tuple[float, float]) -> 
     return F32(1.0) if m <= 1e-8 else np.divide(F32(m), F32(127), dtype=F32)
 
 
+def activation_scales(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
+    """The int8 scale of every activation ``qdq_model`` quantizes, from ranges on ``x``."""
+    index = GraphIndex(model)
+    out = {}
+    for name, rng in tensor_ranges(model, x).items():
+        producer = index.producer.get(name)
+        if producer is None or producer.op_type not in PASS_THROUGH:
+            out[name] = float(activation_scale(index, name, rng))
+    return out
+
+
 def weight_params(
     w: np.ndarray, axis: int | None, floor: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +300,13 @@ def variants(relu6: str, min_range: float, extra: bool) -> dict[str, tuple[Calla
         "(c) CLE + BC": (lambda m, c: correct_bias(cle(m), c), False),
         "(d) per-channel": (lambda m, c: m, True),
     }
+
+    def bc_act(m: onnx.ModelProto, c: np.ndarray) -> onnx.ModelProto:
+        return correct_bias(m, c, activation_scales=activation_scales(m, c))
+
+    todo["(c') CLE + BC, act. in loop"] = (lambda m, c: bc_act(cle(m), c), False)
     if extra:
+        todo["BC only, act. in loop"] = (bc_act, False)
         todo["BC only"] = (lambda m, c: correct_bias(m, c), False)
         todo["CLE + BC layerwise"] = (lambda m, c: correct_bias(cle(m), c, sequential=False), False)
         todo["CLE min_range=0"] = (

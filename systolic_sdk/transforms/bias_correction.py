@@ -78,6 +78,7 @@ def correct_bias(
     *,
     sequential: bool = True,
     batch_size: int = 8,
+    activation_scales: Mapping[str, float] | None = None,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` whose Conv/Gemm/MatMul biases absorb weight-quantization bias.
 
@@ -88,6 +89,12 @@ def correct_bias(
     the default is ``fake_quantize_per_tensor``. A layer without a bias gets one (Conv:
     input B; Gemm: input C with beta 1; MatMul: an Add after it). Activations are read
     with onnxruntime and only running sums are kept.
+
+    ``activation_scales`` (sequential only): ``{tensor: int8 scale}`` of the activations
+    the deployed graph quantizes (symmetric, zero point 0). The model in which each wave
+    is measured then also fake-quantizes those tensors (QuantizeLinear/DequantizeLinear),
+    so the correction also absorbs the mean shift that activation rounding and clipping
+    cause; without it only weights are quantized there.
     """
     require_float_model(model, "correct_bias")
     qw = quantize_weight or fake_quantize_per_tensor
@@ -103,6 +110,8 @@ def correct_bias(
         _ensure_bias(index, la)
 
     fp_means = _input_means(result, layers, feeds)
+    if activation_scales and not sequential:
+        raise SdkError("correct_bias: activation_scales needs sequential=True")
     if not sequential:
         for la in layers:
             shift = _expected_output(la, fp_means[la.node.output[0]], q_weights[la.weight])
@@ -111,11 +120,15 @@ def correct_bias(
         return result
 
     working = copy.deepcopy(result)  # same names; corrected layers get quantized weights
+    rename = _fake_quantize_activations(working, activation_scales or {})
     windex = GraphIndex(working)
     waves = _waves(result, {la.node.output[0] for la in layers})
     for wave in range(max(waves.values()) + 1):
         members = [la for la in layers if waves[la.node.output[0]] == wave]
-        q_means = fp_means if wave == 0 else _input_means(working, members, feeds)
+        if wave == 0 and not rename:
+            q_means = fp_means
+        else:
+            q_means = _input_means(working, members, feeds, rename)
         for la in members:
             key = la.node.output[0]
             shift = _expected_output(la, q_means[key], q_weights[la.weight])
@@ -200,13 +213,56 @@ class _Mean:
         return self.total / self.count
 
 
+def _fake_quantize_activations(model: onnx.ModelProto, scales: Mapping[str, float]) -> dict:
+    """Insert int8 Q/DQ (zero point 0) after each named tensor; returns {tensor: dq output}."""
+    index = GraphIndex(model)
+    known = set(index.producer) | {i.name for i in model.graph.input}
+    rename: dict[str, str] = {}
+    for name in scales:
+        if name not in known:
+            raise SdkError(f"correct_bias: activation_scales names '{name}', not a tensor")
+    new_nodes: list[onnx.NodeProto] = []
+
+    def qdq(name: str) -> None:
+        s_name, z_name = index.unique_name(f"{name}_bc_s"), index.unique_name(f"{name}_bc_z")
+        index.set_init(s_name, np.asarray(scales[name], dtype=F32))
+        index.set_init(z_name, np.zeros((), np.int8))
+        q, dq = index.unique_name(f"{name}_bc_q"), index.unique_name(f"{name}_bc_dq")
+        new_nodes.append(helper.make_node("QuantizeLinear", [name, s_name, z_name], [q]))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q, s_name, z_name], [dq]))
+        index.producer[dq] = new_nodes[-1]
+        rename[name] = dq
+
+    for inp in model.graph.input:
+        if inp.name in scales:
+            qdq(inp.name)
+    for node in model.graph.node:
+        for i, n in enumerate(node.input):
+            if n in rename:
+                node.input[i] = rename[n]
+        new_nodes.append(node)
+        for out in node.output:
+            if out in scales:
+                qdq(out)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return rename
+
+
 def _input_means(
-    model: onnx.ModelProto, layers: list[LinearLayer], feeds: Iterable[dict[str, np.ndarray]]
+    model: onnx.ModelProto,
+    layers: list[LinearLayer],
+    feeds: Iterable[dict[str, np.ndarray]],
+    rename: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """E[x] of each layer's data input (keyed by the layer's output name), one streaming pass."""
+    """E[x] of each layer's data input (keyed by the layer's output name), one streaming pass.
+
+    ``rename``: where a layer reads a fake-quantized copy of its input instead.
+    """
+    rename = rename or {}
     probe = copy.deepcopy(model)
     existing = {o.name for o in probe.graph.output}
-    wanted = list(dict.fromkeys(la.node.input[0] for la in layers))
+    wanted = list(dict.fromkeys(rename.get(la.node.input[0], la.node.input[0]) for la in layers))
     for name in wanted:
         if name not in existing:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
@@ -218,14 +274,15 @@ def _input_means(
         )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
         raise SdkError(f"correct_bias: onnxruntime cannot load the model ({exc})") from None
-    is_conv = {la.node.input[0]: la.op == "Conv" for la in layers}
+    is_conv = {rename.get(la.node.input[0], la.node.input[0]): la.op == "Conv" for la in layers}
     means = {name: _Mean() for name in wanted}
     input_names = {i.name for i in sess.get_inputs()}
     for feed in feeds:
         values = sess.run(wanted, {k: v for k, v in feed.items() if k in input_names})
         for name, value in zip(wanted, values, strict=True):
             means[name].add(value, is_conv[name], name)
-    return {la.node.output[0]: means[la.node.input[0]].value(la.node.input[0]) for la in layers}
+    src = {la.node.output[0]: rename.get(la.node.input[0], la.node.input[0]) for la in layers}
+    return {key: means[name].value(name) for key, name in src.items()}
 
 
 def _expected_output(layer: LinearLayer, mean_x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -79,6 +79,21 @@ def test_hand_computed_correction(sequential: bool) -> None:
     onnx.checker.check_model(out, full_check=True)
 
 
+def test_activation_quantization_in_the_loop_hand_computed() -> None:
+    """Input fake-quantized with scale 2: {1, 3} -> {0, 4} (ties to even), {-1, -5} ->
+    {0, -4}; E[x~] = (2, -2) instead of (2, -3). b' = b - (Q(W) E[x~] - W E[x])."""
+    step = float(np.float32(2.0 / 254.0))
+    expected = [0.1 - (2 * step * (127 - 38) - 1.1), -0.2 - (2 * step * (32 + 127) - 3.5)]
+    out = correct_bias(_hand_model(), _hand_inputs(), activation_scales={"x": 2.0})
+    np.testing.assert_allclose(_weights(out)["b"], expected, rtol=0, atol=1e-6)
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == ["Conv"]  # the Q/DQ are only for measuring
+    with pytest.raises(SdkError, match="'nope', not a tensor"):
+        correct_bias(_hand_model(), _hand_inputs(), activation_scales={"nope": 1.0})
+    with pytest.raises(SdkError, match="sequential"):
+        correct_bias(_hand_model(), _hand_inputs(), sequential=False, activation_scales={"x": 2})
+
+
 def _padded_model(rng: np.random.Generator, stride: int, pads: list[int]) -> onnx.ModelProto:
     nodes = [
         helper.make_node(

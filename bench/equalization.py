@@ -304,8 +304,8 @@ def variants(relu6: str, min_range: float, extra: bool) -> dict[str, tuple[Calla
     def bc_act(m: onnx.ModelProto, c: np.ndarray) -> onnx.ModelProto:
         return correct_bias(m, c, activation_scales=activation_scales(m, c))
 
-    todo["(c') CLE + BC, act. in loop"] = (lambda m, c: bc_act(cle(m), c), False)
     if extra:
+        todo["CLE + BC, act. in loop"] = (lambda m, c: bc_act(cle(m), c), False)
         todo["BC only, act. in loop"] = (bc_act, False)
         todo["BC only"] = (lambda m, c: correct_bias(m, c), False)
         todo["CLE + BC layerwise"] = (lambda m, c: correct_bias(cle(m), c, sequential=False), False)

@@ -147,11 +147,26 @@ def equalize(
 
     for name, value in weights.items():
         index.set_init(name, value.astype(np.float32))
+    replaced: set[str] = set()
     for chain in chains:
         for clip in chain.clips:
             if not math.isinf(clip.hi):
+                replaced.update(n for n in clip.node.input[1:] if n)
                 _rewrite_clip(index, clip, chain.scale, relu6)
+    _drop_unused_initializers(out, replaced)
     return out
+
+
+def _drop_unused_initializers(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove those of ``names`` (former Clip bounds) that no node or output reads any more."""
+    graph = model.graph
+    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+    used |= {i.name for i in graph.input}  # an initializer listed as an input stays
+    dead = names - used
+    kept = [t for t in graph.initializer if t.name not in dead]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
 
 
 def find_chains(index: GraphIndex, shapes: dict[str, list[int | None]]) -> list[_Chain]:

@@ -39,8 +39,8 @@ from systolic_sdk.calibration.stats import (
     per_sample_view,
 )
 
-BATCH_BUDGET_BYTES = 32 << 20
-MAX_AUTO_BATCH = 64
+BATCH_BUDGET_BYTES = 8 << 20
+MAX_AUTO_BATCH = 32
 
 COLLECT_OPTIONS = ("batch_size", "progress", "skip_nonfinite", "num_bins", "providers")
 

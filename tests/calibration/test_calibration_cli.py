@@ -140,3 +140,40 @@ def test_calibrate_bad_arguments(tmp_path, args, message):
                      "--output_model_path", tmp_path / "q.onnx")  # fmt: skip
     assert code == 2 and message in text, text
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_calibrate_from_an_image_folder_to_a_flatbuffers_table(tmp_path):
+    from PIL import Image
+
+    from systolic_sdk.calibration import PREPROCESSORS, register_preprocessor
+    from systolic_sdk.calibration.preprocess import preprocess_none
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    with np.load(DIGITS / "test.npz") as data:
+        pixels = np.rint(data["input"][:12, 0] * 255).astype(np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(folder / f"{i}.png")
+    register_preprocessor("unit_scale", lambda f, size: preprocess_none(f, size) / 255)
+    try:
+        table = tmp_path / "t.flatbuffers"
+        code, text = run(
+            calibrate_command,
+            "--model_path", DIGITS / "model.onnx", "--dataset_path", folder,
+            "--data_preprocess", "unit_scale", "--dataset_size", 10, "--calib_mode", "mse",
+            "--calibrate-only", "--calibration-table-out", table, "-q",
+        )  # fmt: skip
+    finally:
+        del PREPROCESSORS["unit_scale"]
+    assert code == 0, text
+    ranges = read_table(table)
+    lo, hi = ranges["input"]  # TensorRT's table is symmetric: (-t, t)
+    assert lo == -hi and 0.5 < hi <= 1.0
+    out = tmp_path / "q.onnx"
+    code, text = run(
+        calibrate_command,
+        "--model_path", DIGITS / "model.onnx", "--calibration-table", table,
+        "--output_model_path", out,
+    )  # fmt: skip
+    assert code == 0, text
+    assert agreement(out) >= 0.9

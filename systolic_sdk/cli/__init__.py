@@ -11,6 +11,10 @@ from systolic_sdk.errors import SdkError
 
 # (module, attribute) of each subcommand, in the order --help lists them.
 COMMANDS: list[tuple[str, str]] = [
+    ("systolic_sdk.cli.demo_cmd", "demo_command"),
+    ("systolic_sdk.cli.quantize_cmd", "quantize_command"),
+    ("systolic_sdk.cli.calibrate_cmd", "calibrate_command"),
+    ("systolic_sdk.cli.calibrate_cmd", "static_runner_command"),
     ("systolic_sdk.cli.emulate_cmd", "emulate"),
 ]
 

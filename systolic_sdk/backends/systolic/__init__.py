@@ -1,0 +1,184 @@
+"""The "systolic" backend: the Systolic int8 accelerator (Gemmini-class), NCHW graphs.
+
+int8 only, zero point 0 everywhere, per-tensor scales chosen as the existing Gemmini
+flow does (spec section 7), QOperator form, static mode. Output ops: QLinearConv
+(``relu=1`` when a ReLU was fused), QLinearMatMul, com.microsoft QLinearAdd (equal
+shapes, the accelerator's rounding), com.systolic QLinearRelu (when it could not be
+fused), int8 MaxPool/Reshape/Flatten/Transpose on the host, everything else float.
+Models run in ``runtime_emulator`` with target "systolic"; ``lowering`` gives the
+standard-ONNX equivalent for stock onnxruntime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from systolic_sdk.backends.base import Backend, adapt
+from systolic_sdk.backends.systolic import params
+from systolic_sdk.backends.systolic.lowering import lower_systolic
+from systolic_sdk.backends.systolic.passes import fuse_relu, narrow_ranges
+from systolic_sdk.backends.systolic.rules import systolic_rules
+from systolic_sdk.backends.systolic.schemas import register_schemas
+from systolic_sdk.errors import QuantizationError
+from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.types import OutputForm, QuantType
+
+NAME = "systolic"
+#: Op types whose zero-point inputs (by index) must be 0 in a Systolic graph.
+ZERO_POINT_INPUTS = {
+    "QuantizeLinear": (2,),
+    "DequantizeLinear": (2,),
+    "QLinearConv": (2, 5, 7),
+    "QLinearMatMul": (2, 5, 7),
+    "QLinearAdd": (2, 5, 7),
+    "QLinearAveragePool": (2, 4),
+    "QLinearGlobalAveragePool": (2, 4),
+}
+
+
+def systolic_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
+    """Refuse what the accelerator cannot do; adapt the rest (or refuse under strict)."""
+    cfg = config
+    for what, qtype in (("activations", cfg.activation_type), ("weights", cfg.weight_type)):
+        if qtype != QuantType.QInt8:
+            raise QuantizationError(
+                f"backend '{NAME}' runs int8 only (symmetric, zero point 0): {qtype} "
+                f"{what} are not supported; use QInt8"
+            )
+    for name, ov in sorted(cfg.tensor_overrides.items()):
+        if ov.quant_type not in (None, QuantType.QInt8):
+            raise QuantizationError(
+                f"tensor override '{name}': backend '{NAME}' runs int8 only, not {ov.quant_type}"
+            )
+        if ov.zero_point is not None and any(int(z) != 0 for z in ov.zero_point):
+            raise QuantizationError(
+                f"tensor override '{name}': backend '{NAME}' needs zero point 0, "
+                f"got {list(ov.zero_point)}"
+            )
+        if len(ov.scale) > 1:
+            raise QuantizationError(
+                f"tensor override '{name}': backend '{NAME}' supports per-tensor scales only, "
+                f"got {len(ov.scale)} scales"
+            )
+    if cfg.form == OutputForm.QDQ:
+        cfg = adapt(
+            cfg,
+            f"backend '{NAME}' consumes QOperator graphs (QLinearConv, QLinearMatMul, "
+            "QLinearAdd); using form=qoperator instead of qdq",
+            form=OutputForm.QOPERATOR,
+        )
+    if cfg.symmetric_activations is False or cfg.symmetric_weights is False:
+        cfg = adapt(
+            cfg,
+            f"backend '{NAME}' quantizes symmetrically (zero point 0); "
+            "ignoring the asymmetric request",
+            symmetric_activations=True,
+            symmetric_weights=True,
+        )
+    if cfg.reduce_range:
+        cfg = adapt(
+            cfg,
+            f"backend '{NAME}' uses the full int8 range; ignoring reduce_range",
+            reduce_range=False,
+        )
+    if not cfg.quantize_bias:
+        cfg = adapt(
+            cfg,
+            f"backend '{NAME}' adds an int32 bias in the accumulator; ignoring quantize_bias=False",
+            quantize_bias=True,
+        )
+    return dataclasses.replace(cfg, symmetric_activations=True, symmetric_weights=True)
+
+
+def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` in the bit-exact emulator (target "systolic"); outputs in graph order."""
+    import runtime_emulator
+
+    outputs = runtime_emulator.run(model, feeds, target=NAME)
+    return [outputs[o.name] for o in model.graph.output]
+
+
+def check_systolic_graph(model: onnx.ModelProto) -> None:
+    """Raise QuantizationError unless every zero point is 0 and every scale per tensor,
+    and the graph passes onnx.checker once ``relu`` attributes are set aside (QLinearConv's
+    standard schema does not know ``relu``)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        for i in ZERO_POINT_INPUTS.get(node.op_type, ()):
+            name = node.input[i] if len(node.input) > i else ""
+            if not name:
+                continue
+            if name not in inits:
+                raise QuantizationError(f"node '{node.name}': zero point '{name}' is not constant")
+            zp = onnx.numpy_helper.to_array(inits[name])
+            if zp.size != 1 or np.any(zp != 0) or zp.dtype not in (np.int8, np.int32):
+                raise QuantizationError(
+                    f"node '{node.name}': zero point '{name}' must be one int8 0, got "
+                    f"{zp.dtype} {zp.reshape(-1)[:4].tolist()}"
+                )
+            scale_name = node.input[i - 1]
+            if scale_name in inits and len(inits[scale_name].dims) > 0:
+                if int(np.prod(inits[scale_name].dims)) != 1:
+                    raise QuantizationError(
+                        f"node '{node.name}': scale '{scale_name}' is not per tensor"
+                    )
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for node in stripped.graph.node:
+        kept = [a for a in node.attribute if a.name != "relu"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    register_schemas()
+    try:
+        onnx.checker.check_model(stripped, full_check=True)
+    except Exception as exc:  # noqa: BLE001  (the checker raises several types)
+        text = str(exc).strip().splitlines()
+        raise QuantizationError(
+            f"backend '{NAME}': the quantized model fails onnx.checker: "
+            f"{text[0] if text else type(exc).__name__}"
+        ) from None
+
+
+register_schemas()
+
+SYSTOLIC_BACKEND = Backend(
+    name=NAME,
+    description="the Systolic int8 accelerator (Gemmini-class), NCHW QOperator graphs",
+    rules=systolic_rules(),
+    forms=frozenset({OutputForm.QOPERATOR, OutputForm.QDQ}),
+    per_channel=False,
+    dynamic=False,
+    default_symmetric_activations=True,
+    check_standard_onnx=False,
+    range_passes=(narrow_ranges,),
+    post_passes=(fuse_relu,),
+    activation_params=params.activation_params,
+    weight_params=params.weight_params,
+    quantize_weight=params.quantize_weight,
+    quantize_bias=params.quantize_bias,
+    config_hook=systolic_config_hook,
+    runner=run_systolic,
+    lowering=lower_systolic,
+    verifier=check_systolic_graph,
+)
+
+
+def _register() -> None:
+    from systolic_sdk.backends import register_backend
+
+    register_backend(SYSTOLIC_BACKEND, replace=True)
+
+
+_register()
+
+__all__ = [
+    "SYSTOLIC_BACKEND",
+    "check_systolic_graph",
+    "lower_systolic",
+    "run_systolic",
+    "systolic_config_hook",
+]

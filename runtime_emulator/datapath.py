@@ -259,6 +259,38 @@ def gemm_plan(k: int, a_absmax: int, b_absmax: int) -> tuple[np.dtype, int]:
     return np.dtype(np.int64), k
 
 
+def abs_sum_plan(
+    k: int, a_absmax: int, b_absmax: int, a_row_abs_sum: int, b_col_abs_sum: int
+) -> tuple[np.dtype, int]:
+    """:func:`gemm_plan` with a tighter bound from the operands' absolute sums.
+
+    Every partial sum of row ``i`` of ``a`` times column ``j`` of ``b``, in any order and
+    with or without fused multiply-adds, is at most ``sum_k |a_ik| * |b_kj|``, which is at
+    most ``a_row_abs_sum * b_absmax`` and at most ``a_absmax * b_col_abs_sum`` (the
+    largest absolute row sum of ``a`` and column sum of ``b``, or any upper bounds of
+    them). When the smaller of the two is at most 2**24, one float32 GEMM over the whole
+    of ``k`` is exact; otherwise this is :func:`gemm_plan`.
+    """
+    bound = min(a_row_abs_sum * b_absmax, a_absmax * b_col_abs_sum)
+    if bound <= F32_EXACT:
+        return np.dtype(np.float32), max(k, 1)
+    return gemm_plan(k, a_absmax, b_absmax)
+
+
+def _abs_sum_max(a: np.ndarray, axis: int) -> int:
+    """The largest sum of absolute values along ``axis`` of an integer array (exact)."""
+    if a.size == 0:
+        return 0
+    return int(np.abs(a.astype(np.int64, copy=False)).sum(axis=axis).max())
+
+
+def _matmul_plan(a: np.ndarray, b: np.ndarray) -> tuple[np.dtype, int]:
+    a_max, b_max = _absmax(a), _absmax(b)
+    if a.size == 0 or b.size == 0:
+        return gemm_plan(a.shape[-1], a_max, b_max)
+    return abs_sum_plan(a.shape[-1], a_max, b_max, _abs_sum_max(a, -1), _abs_sum_max(b, -2))
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact ``a @ b`` of integer arrays (NumPy matmul broadcasting) as int64.
 
@@ -267,7 +299,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(a)
     b = np.asarray(b)
-    dtype, chunk = gemm_plan(a.shape[-1], _absmax(a), _absmax(b))
+    dtype, chunk = _matmul_plan(a, b)
     acc = _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
     return acc.astype(np.int64, copy=False)
 
@@ -294,7 +326,7 @@ def int_matmul_wrap32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact ``a @ b`` reduced modulo 2**32 into int32 (the hardware accumulator)."""
     a = np.asarray(a)
     b = np.asarray(b)
-    dtype, chunk = gemm_plan(a.shape[-1], _absmax(a), _absmax(b))
+    dtype, chunk = _matmul_plan(a, b)
     acc = _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
     return acc if acc.dtype == np.int32 else wrap32(acc)
 
@@ -369,6 +401,41 @@ def _windows(
     return v[sl]
 
 
+def _conv_plan(
+    x: np.ndarray,
+    w: np.ndarray,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    outs: list[int],
+) -> tuple[np.dtype, int]:
+    """The exact-GEMM plan of a convolution (see :func:`abs_sum_plan`).
+
+    Row sums: ``sum |w|`` per output channel. Column sums: for every output pixel, the
+    sum over its window of the per-pixel sums of ``|x|`` over all input channels (an upper
+    bound of the column sum of the im2col matrix; padding adds 0).
+    """
+    k = int(np.prod(w.shape[1:])) if w.ndim > 1 else 1
+    x_max, w_max = _absmax(x), _absmax(w)
+    if x.size == 0 or w.size == 0 or max(x_max, w_max) > 2**16:
+        return gemm_plan(k, x_max, w_max)
+    nsp = len(outs)
+    w_row = int(np.abs(w.reshape(w.shape[0], -1), dtype=np.int32).sum(axis=1).max())
+    pix = np.add.reduce(np.abs(x, dtype=np.int32), axis=1, dtype=np.int64)  # (N, *sizes)
+    pix = _pad_spatial(pix[:, None], pads, 0)[:, 0]
+    win = np.zeros((x.shape[0], *outs), dtype=np.int64)
+    for t in np.ndindex(*w.shape[2:]):
+        win += pix[
+            (slice(None),)
+            + tuple(
+                slice(t[i] * dilations[i], t[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1,
+                      strides[i])
+                for i in range(nsp)
+            )
+        ]  # fmt: skip
+    return abs_sum_plan(k, w_max, x_max, w_row, int(win.max()))
+
+
 def _conv_core(
     x: np.ndarray,
     w: np.ndarray,
@@ -384,7 +451,6 @@ def _conv_core(
     nsp = len(kernel)
     cg, mg = c // group, m // group
     taps = int(np.prod(kernel)) if kernel else 1
-    dtype, chunk = gemm_plan(cg * taps, _absmax(x), _absmax(w))
     sizes = list(x.shape[2:])
     outs = [
         conv_output_size(sizes[i], kernel[i], strides[i], dilations[i], pads[i] + pads[i + nsp])
@@ -402,6 +468,7 @@ def _conv_core(
         if len({p.dtype for p in parts}) > 1:  # slices may differ in their exact plan
             parts = [p.astype(np.int64) for p in parts]
         return np.concatenate(parts)
+    dtype, chunk = _conv_plan(x, w, strides, pads, dilations, outs)
     tap_list = list(np.ndindex(*kernel))
 
     def tap_slices(t: tuple[int, ...]) -> tuple[slice, ...]:

@@ -666,9 +666,23 @@ def max_pool(
     else:
         fill = pad_value
     xp = _pad_spatial(x, list(pads[:n]) + ends, fill)
-    win = _windows(xp, kernel, strides, dilations)
-    win = win[(slice(None), slice(None)) + tuple(slice(0, o) for o in outs)]
-    return win.max(axis=tuple(range(-n, 0))).astype(x.dtype)
+    # One elementwise maximum per kernel tap over a strided view (NaN propagates, as in
+    # a reduction).
+    out = None
+    for t in np.ndindex(*kernel):
+        tap = xp[
+            (slice(None), slice(None))
+            + tuple(
+                slice(t[i] * dilations[i], t[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1,
+                      strides[i])
+                for i in range(n)
+            )
+        ]  # fmt: skip
+        if out is None:
+            out = np.array(tap, dtype=x.dtype)
+        else:
+            np.maximum(out, tap, out=out)
+    return out
 
 
 # --- QLinearAdd -----------------------------------------------------------------------------

@@ -357,7 +357,7 @@ class Executor:
                     target=self.target,
                     node_name=node.name or node.op_type,
                     opset=self.opsets.get(domain, self.opsets.get("", 13)),
-                    extra={"array": self.config},
+                    extra={"array": self.config, **_output_request(node)},
                 )
                 self._plans.append(("kernel", kernel, attrs, ctx))
             else:
@@ -487,6 +487,16 @@ class Executor:
         if trace:
             return {k: v for k, v in env.items() if k not in self.initializers or k in feeds}
         return {name: env[name] for name in self.output_names}
+
+
+def _output_request(node: onnx.NodeProto) -> dict[str, Any]:
+    """Which outputs the node asks for: ``wanted_outputs`` (one flag per declared
+    output; an omitted optional output is an empty name) and ``num_outputs`` (the
+    number of leading outputs up to the last wanted one, so trailing omitted
+    outputs are not computed)."""
+    wanted = [bool(name) for name in node.output]
+    num = max((i + 1 for i, w in enumerate(wanted) if w), default=0)
+    return {"num_outputs": num, "wanted_outputs": wanted}
 
 
 def _dense(sp: onnx.SparseTensorProto) -> np.ndarray:

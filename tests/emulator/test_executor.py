@@ -467,3 +467,40 @@ def test_target_selects_the_meaning_of_qlinearadd(kernels: None) -> None:
     want = dp.sat8(parts[0].astype(np.int32) + parts[1].astype(np.int32))
     np.testing.assert_array_equal(systolic, want)
     assert np.count_nonzero(systolic != cpu) > 0  # the two meanings differ on these inputs
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_maxpool_indices_output_matches_onnxruntime(kernels: None, storage_order: int) -> None:
+    """A MaxPool whose Indices output is a graph output returns it, as onnxruntime does."""
+    node = helper.make_node(
+        "MaxPool",
+        ["x"],
+        ["y", "idx"],
+        kernel_shape=[2, 2],
+        strides=[2, 2],
+        pads=[0, 0, 1, 1],
+        storage_order=storage_order,
+    )
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("idx", TensorProto.INT64, None),
+        ],
+    )
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    got = runtime_emulator.run(model, {"x": x})
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want_y, want_idx = sess.run(["y", "idx"], {"x": x})
+    assert got["idx"].dtype == np.int64
+    np.testing.assert_array_equal(got["idx"], want_idx)
+    np.testing.assert_array_equal(got["y"], want_y)
+
+
+def test_maxpool_omitted_indices_is_not_requested(kernels: None) -> None:
+    """An omitted optional output (empty name) is not asked of the kernel."""
+    node = helper.make_node("MaxPool", ["x"], ["y", ""], kernel_shape=[2, 2])
+    assert ex._output_request(node) == {"num_outputs": 1, "wanted_outputs": [True, False]}
+    both = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2])
+    assert ex._output_request(both)["num_outputs"] == 2

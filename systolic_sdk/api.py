@@ -24,7 +24,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from systolic_sdk.calibration.reader import CalibrationDataReader
@@ -496,56 +495,38 @@ def _calibrate(
 
 
 def _read_cache(path: Path, method: str) -> dict[str, tuple[float, float]]:
-    """Ranges from a calibration cache: onnxruntime's TensorsData JSON, or {tensor: [lo, hi]}."""
+    """Ranges from a calibration cache in any calibration-table format
+    (:func:`systolic_sdk.calibration.table.read_table`: our JSON, text or FlatBuffers
+    tables, onnxruntime's TensorsData JSON or calibration.cache); an onnxruntime cache
+    records its calibration method, which must match ``method``."""
+    from systolic_sdk.calibration.table import read_table
+
     if not path.is_file():
         raise SdkError(f"{path}: calibration cache path is not a file")
+    cached = _cached_method(path)
+    if cached is not None and cached != _method_tag(method):
+        raise SdkError(
+            f"{path}: calibration cache was made with {cached}, not {_method_tag(method)}; "
+            "delete it or pass the matching calibrate_method"
+        )
+    return read_table(path)
+
+
+def _cached_method(path: Path) -> str | None:
+    """The calibration method an onnxruntime TensorsData cache records, else None."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SdkError(f"{path}: cannot read calibration cache ({exc})") from None
+        with path.open("rb") as f:
+            if f.read(1024).lstrip()[:1] != b"{":
+                return None
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # read_table reports what is wrong with the file
     if not isinstance(data, dict):
-        raise SdkError(f"{path}: calibration cache must be a JSON object")
-    if data.get("CLS") == "TensorsData":
-        cached = data.get("calibration_method")
-        if isinstance(cached, dict):
-            cached = str(cached.get("value", "")).split(".")[-1]
-        if _method_tag(method) != cached:
-            raise SdkError(
-                f"{path}: calibration cache was made with {cached}, not {_method_tag(method)}; "
-                "delete it or pass the matching calibrate_method"
-            )
-        entries = data.get("data")
-        if not isinstance(entries, dict):
-            raise SdkError(f"{path}: calibration cache has no 'data' object")
-        pairs = {
-            name: [_cache_float(v, "lowest", path, name), _cache_float(v, "highest", path, name)]
-            for name, v in entries.items()
-        }
-    else:
-        pairs = data
-    ranges = {}
-    for name, value in pairs.items():
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or value[0] > value[1]
-        ):
-            raise SdkError(f"{path}: tensor '{name}': expected [rmin, rmax], got {value!r}")
-        ranges[name] = (float(value[0]), float(value[1]))
-    return ranges
-
-
-def _cache_float(entry: Any, key: str, path: Path, name: str) -> float:
-    value = entry.get(key) if isinstance(entry, dict) else None
-    if isinstance(value, dict):
-        value = value.get("data")
-    flat = value if isinstance(value, (int, float)) else None
-    if isinstance(value, list) and len(value) == 1:
-        flat = value[0]
-    if not isinstance(flat, (int, float)) or isinstance(flat, bool):
-        raise SdkError(f"{path}: tensor '{name}': '{key}' is not one number")
-    return float(flat)
+        return None
+    cached = data.get("calibration_method") if data.get("CLS") == "TensorsData" else None
+    if isinstance(cached, dict):
+        cached = str(cached.get("value", "")).split(".")[-1]
+    return str(cached) if cached else None
 
 
 def _write_cache(path: Path, ranges: Mapping[str, tuple[float, float]], method: str) -> None:
@@ -553,7 +534,8 @@ def _write_cache(path: Path, ranges: Mapping[str, tuple[float, float]], method: 
     out = check_output_path(path)
 
     def number(v: float) -> dict[str, Any]:
-        return {"data": float(np.float32(v)), "dtype": "float32", "CLS": "numpy.array"}
+        # full precision (JSON writes a float's repr), so reading back is bit-identical
+        return {"data": float(v), "dtype": "float32", "CLS": "numpy.array"}
 
     payload = {
         "CLS": "TensorsData",

@@ -693,6 +693,15 @@ def rescale_saturate(
 ) -> np.ndarray:
     """The accelerator's per-input rescale: ``sat8(rne(f32(f32(q) * f32(s_in / s_out))))``."""
     ratio = np.divide(np.asarray(s_in, F32), np.asarray(s_out, F32), dtype=F32)
+    if np.all(np.isfinite(ratio)):
+        # A finite ratio times an integer is never NaN; an overflow to +-inf saturates
+        # in the clip as it would below. Same float32 steps, in place.
+        v = np.asarray(q).astype(F32)
+        with np.errstate(over="ignore"):
+            np.multiply(v, ratio, out=v)
+        np.rint(v, out=v)
+        np.clip(v, -128, 127, out=v)
+        return v.astype(np.int8)
     with np.errstate(over="ignore", invalid="ignore"):
         v = rne(np.multiply(np.asarray(q).astype(F32), ratio, dtype=F32)).astype(np.float64)
     return sat8(np.nan_to_num(np.clip(v, -256.0, 256.0), nan=0.0))
@@ -708,9 +717,9 @@ def qlinear_add_systolic(
 ) -> np.ndarray:
     """The accelerator's QLinearAdd (int8, zero points 0): rescale and saturate each input,
     add, clamp to [0 if relu else -128, 127]."""
-    a2 = rescale_saturate(a, s_a, s_c).astype(np.int16)
-    b2 = rescale_saturate(b, s_b, s_c).astype(np.int16)
-    return np.clip(a2 + b2, 0 if relu else -128, 127).astype(np.int8)
+    total = np.add(rescale_saturate(a, s_a, s_c), rescale_saturate(b, s_b, s_c), dtype=np.int16)
+    np.clip(total, 0 if relu else -128, 127, out=total)
+    return total.astype(np.int8)
 
 
 def _cvt_to_int32(v: np.ndarray) -> np.ndarray:

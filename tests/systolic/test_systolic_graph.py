@@ -175,3 +175,71 @@ def test_every_quantized_tensor_is_int8_with_zero_point_zero() -> None:
             assert arr.dtype == np.int8 and arr.shape == () and arr == 0, name
         if name.endswith("_scale"):
             assert arr.dtype == np.float32 and arr.shape == (), name
+
+
+def _qlinear_add_graph(s_a: float, s_b: float, s_c: float, relu: int) -> onnx.ModelProto:
+    inits = {
+        "sa": np.array(s_a, F32),
+        "sb": np.array(s_b, F32),
+        "sc": np.array(s_c, F32),
+        "z": np.array(0, np.int8),
+    }
+    node = helper.make_node(
+        "QLinearAdd",
+        ["a", "sa", "z", "b", "sb", "z", "sc", "z"],
+        ["y"],
+        name="add",
+        domain="com.microsoft",
+        relu=relu,
+    )
+    graph = helper.make_graph(
+        [node],
+        "add",
+        [helper.make_tensor_value_info(n, TensorProto.INT8, ["N", 64]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, ["N", 64])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)],
+    )
+
+
+def test_qlinear_add_lowering_is_the_accelerator_rule() -> None:
+    import runtime_emulator
+
+    feeds = {k: RNG.integers(-128, 128, (8, 64)).astype(np.int8) for k in ("a", "b")}
+    lower = get_backend("systolic").lower
+    # Multipliers 0.5 and 0.75 give exact .5 ties: each input is rounded on its own.
+    cases = [(0.5, 0.75, 1.0, 0), (0.02, 0.03, 0.04, 1), (0.1, 0.3, 0.07, 0)]
+    for s_a, s_b, s_c, relu in cases:
+        model = _qlinear_add_graph(s_a, s_b, s_c, relu)
+        systolic = runtime_emulator.run(model, feeds, target="systolic")["y"]
+        (lowered,) = run_ort(lower(model), feeds)
+        assert np.array_equal(systolic, lowered)
+        if relu:
+            assert lowered.min() == 0
+    # The same graph read with onnxruntime's rule (round once) differs: the test can tell.
+    model = _qlinear_add_graph(*cases[0])
+    (lowered,) = run_ort(lower(model), feeds)
+    assert not np.array_equal(runtime_emulator.run(model, feeds, target="cpu")["y"], lowered)
+
+
+def test_global_average_pool_runs_on_the_host() -> None:
+    inits = _conv_inits()
+    inits["wf"] = RNG.normal(0, 0.5, (3, 4)).astype(F32)
+    nodes = [
+        _conv(),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wf"], ["y"], name="fc"),
+    ]
+    model = _model(nodes, X_IN, [("y", ["N", 4])], inits)
+    feeds = _feeds()
+    q = quantize_systolic(model, feeds)
+    (gap,) = nodes_of(q, "QLinearGlobalAveragePool")
+    assert gap.domain == "com.microsoft"
+    (y,) = _assert_bit_exact(q, feeds)
+    (ref,) = run_ort(model, feeds)
+    assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()

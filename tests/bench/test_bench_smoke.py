@@ -58,7 +58,7 @@ def test_quick_run_end_to_end(qvo: ModuleType, tmp_path: Path, capsys) -> None:
     for entry in rec["configs"]:
         ort = entry["ort"]
         assert ort["status"] == "ok", ort["status"]
-        assert ort["seconds"] > 0 and ort["peak_rss_mb"] > ort["base_rss_mb"] * 0.5
+        assert ort["seconds"] > 0 and ort["peak_rss_mb"] >= ort["base_rss_mb"] > 0
         assert ort["agree"] >= 0.9 and ort["cos_mean"] > 0.99
         ours = entry["ours"]
         assert isinstance(ours["status"], str) and ours["status"]
@@ -130,3 +130,33 @@ def test_score_and_table(common: ModuleType) -> None:
     assert text.splitlines()[0] == "a   bb" and text.splitlines()[3] == "22"
     md = common.format_table(("a", "b"), [["1", "2"]], markdown=True)
     assert md.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_invalid_model_is_a_status_not_a_crash(qvo: ModuleType, common: ModuleType, tmp_path):
+    """A per-channel DequantizeLinear at opset 11 (what onnxruntime writes for old models)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array([1, 2], np.int8), "w"),
+        numpy_helper.from_array(np.array([0.5, 0.25], np.float32), "s"),
+        numpy_helper.from_array(np.array([0, 0], np.int8), "z"),
+    ]
+    node = helper.make_node("DequantizeLinear", ["w", "s", "z"], ["y"], axis=0)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        inits,
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
+    bm = common.BenchModel(
+        "t", path, "x", np.zeros((1, 2), np.float32), np.zeros((3, 2), np.float32)
+    )
+    status, scores = qvo.check_and_score(path, bm, np.zeros((3, 2), np.float32))
+    assert status.startswith("invalid model (onnx.checker): ") and "axis" in status
+    assert scores == {}
+    missing, _ = qvo.check_and_score(tmp_path / "none.onnx", bm, np.zeros((3, 2), np.float32))
+    assert missing == "quantize returned but wrote no model"

@@ -16,12 +16,18 @@ BENCH = REPO / "bench"
 
 
 def _load(name: str) -> ModuleType:
+    """Load bench/<name>.py; bench/ is on sys.path only while it loads (its scripts' names
+    must not shadow other modules for the rest of the session)."""
+    saved = list(sys.path)
     sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = saved
     return mod
 
 

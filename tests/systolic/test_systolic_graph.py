@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from systolic_helpers import initializers, nodes_of, quantize_systolic, relu_attr, run_ort
 
@@ -132,16 +133,19 @@ def test_symmetric_clip_stays_an_int8_clip() -> None:
     assert y.min() == -1.0 and y.max() == 1.0
 
 
-def test_gemm_forms_and_relu_through_reshape() -> None:
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_forms_and_relu_through_reshape(trans_b: int) -> None:
+    w1 = RNG.normal(0, 0.4, (8, 16)).astype(F32)
+    w2 = RNG.normal(0, 0.4, (16, 5)).astype(F32)
     inits = {
-        "w1": RNG.normal(0, 0.4, (16, 8)).astype(F32),  # transB=1: [N, K]
+        "w1": w1.T.copy() if trans_b else w1,
         "b1": RNG.normal(0, 0.3, (16,)).astype(F32),
-        "w2": RNG.normal(0, 0.4, (16, 5)).astype(F32),
+        "w2": w2.T.copy() if trans_b else w2,
     }
     nodes = [
-        helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="fc1", transB=1),
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="fc1", transB=trans_b),
         helper.make_node("Relu", ["g"], ["r"], name="relu"),
-        helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2"),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=trans_b),
     ]
     model = _model(nodes, [("x", ["N", 8])], [("y", ["N", 5])], inits)
     feeds = {"x": RNG.normal(0, 1, (64, 8)).astype(F32)}

@@ -90,6 +90,12 @@ def _lower_add(node, relu, inits, const, names) -> list[onnx.NodeProto]:
         return np.asarray(inits[name]).reshape(())
 
     s_a, s_b, s_c = (scalar(i).astype(F32) for i in (1, 4, 6))
+    for i in (2, 5, 7):
+        if len(node.input) > i and node.input[i] and scalar(i) != 0:
+            raise SdkError(
+                f"node '{node.name}': QLinearAdd zero point '{node.input[i]}' is not 0 "
+                "(the Systolic rule is symmetric)"
+            )
     one = const(f"{node.name}_unit_scale", np.array(1.0, F32))
     zero = const(f"{node.name}_zero", np.array(0, np.int8))
     nodes, terms = [], []

@@ -157,10 +157,26 @@ def requantize(
     (Adding the zero point to the rounded float is exact below 2**24; above, the value
     saturates either way.)
     """
+    acc_f = np.asarray(acc, dtype=np.int32).astype(F32)
+    return requantize_f32(acc_f, multiplier, dtype, zero_point, relu)
+
+
+def requantize_f32(
+    acc_f: np.ndarray,
+    multiplier: np.ndarray | float,
+    dtype: np.dtype | type = np.int8,
+    zero_point: np.ndarray | int = 0,
+    relu: bool = False,
+) -> np.ndarray:
+    """:func:`requantize` from the accumulator already converted to float32, ``f32(acc)``
+    (as :func:`conv_accumulate_f32` returns it). ``acc_f`` is overwritten."""
     lo, hi = qrange(dtype)
     m = np.asarray(multiplier, dtype=F32)
     zp = np.asarray(zero_point)
-    v = np.asarray(scale_accumulator(acc, m))
+    acc_f = np.asarray(acc_f, dtype=F32)
+    in_place = np.broadcast_shapes(acc_f.shape, m.shape) == acc_f.shape
+    with np.errstate(over="ignore"):
+        v = np.multiply(acc_f, m, out=acc_f if in_place else None, dtype=F32)
     if not np.all(np.isfinite(m)):
         # NaN or infinite multipliers: saturate in float, map NaN to 0 before the cast.
         with np.errstate(invalid="ignore"):
@@ -444,7 +460,8 @@ def _conv_core(
     dilations: list[int],
     group: int,
 ) -> np.ndarray:
-    """Exact convolution sums as int32 (bounded, from float32 BLAS) or int64."""
+    """Exact convolution sums as float32 (integers of magnitude at most 2**24, from one
+    float32 GEMM), int32 (bounded, from float32 BLAS chunks) or int64."""
     n_batch, c = x.shape[:2]
     m = w.shape[0]
     kernel = list(w.shape[2:])
@@ -524,7 +541,11 @@ def _conv_core(
             cols[:, ti] = xp[(slice(None), slice(None)) + tap_slices(t)]
     cols = cols.reshape(group, cg * taps, n_batch * npix)
     wmat = w.reshape(group, mg, cg * taps).astype(dtype)
-    if group == 1:
+    if dtype == np.float32 and chunk >= cg * taps:
+        # One exact float32 GEMM: keep its float32 result (integers of magnitude at most
+        # 2**24) for conv_accumulate_f32.
+        part = np.matmul(wmat[0], cols[0]) if group == 1 else np.matmul(wmat, cols)
+    elif group == 1:
         part = _chunked_matmul(wmat[0], cols[0], chunk)
     else:
         part = _chunked_matmul(wmat, cols, chunk)
@@ -564,6 +585,8 @@ def conv_accumulate_wrap32(
 ) -> np.ndarray:
     """``wrap32(bias[oc] + conv(x, w))``: the int32 accumulator of the hardware."""
     acc = _conv_core(x, w, strides, pads, dilations, group)
+    if acc.dtype == F32:  # exact integers of magnitude at most 2**24
+        acc = acc.astype(np.int32)
     if acc.dtype != np.int32:
         acc = wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
         return acc
@@ -572,6 +595,39 @@ def conv_accumulate_wrap32(
         with np.errstate(over="ignore"):
             acc = np.add(acc, _bias_shape(bias, acc).astype(np.int32), dtype=np.int32)
     return acc
+
+
+def conv_accumulate_f32(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
+    """``f32(wrap32(bias[oc] + conv(x, w)))``: the hardware accumulator converted to
+    float32, the first step of :func:`requantize` (see :func:`requantize_f32`).
+
+    When one float32 GEMM gave the exact sums (magnitude at most 2**24) and every
+    ``|bias|`` is at most 2**24, both addends are exact float32 values and their sum
+    cannot wrap, so one float32 addition rounds the exact sum as the int32-to-float32
+    conversion would. Otherwise the int32 accumulator is formed and converted.
+    """
+    acc = _conv_core(x, w, strides, pads, dilations, group)
+    if acc.dtype == F32 and (bias is None or _absmax(np.asarray(bias)) <= F32_EXACT):
+        if bias is not None:
+            np.add(acc, _bias_shape(bias, acc).astype(F32), out=acc)
+        return acc
+    if acc.dtype == F32:
+        acc = acc.astype(np.int32)
+    if acc.dtype != np.int32:
+        acc = wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
+    elif bias is not None:
+        with np.errstate(over="ignore"):
+            acc = np.add(acc, _bias_shape(bias, acc).astype(np.int32), dtype=np.int32)
+    return acc.astype(F32)
 
 
 def _bias_shape(bias: np.ndarray, acc: np.ndarray) -> np.ndarray:

@@ -45,9 +45,11 @@ def conv_integer_core(
     attrs: dict[str, Any],
     ctx: KernelContext,
     bias: np.ndarray | None = None,
+    as_f32: bool = False,
 ) -> np.ndarray:
     """The int32 accumulator ``wrap32(bias + sum (x - x_zp) * (w - w_zp))`` of an NC...
-    integer convolution."""
+    integer convolution (with ``as_f32``, that accumulator converted to float32, the first
+    step of requantization)."""
     if x.ndim < 3 or w.ndim != x.ndim:
         raise fail(ctx, f"x {list(x.shape)} and w {list(w.shape)} must be N-D with equal rank")
     spatial = list(x.shape[2:])
@@ -64,7 +66,8 @@ def conv_integer_core(
         if dp.conv_output_size(size, kernel[i], strides[i], dilations[i], span) < 1:
             raise fail(ctx, f"the kernel does not fit the padded input along spatial axis {i}")
     wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
-    return dp.conv_accumulate_wrap32(
+    accumulate = dp.conv_accumulate_f32 if as_f32 else dp.conv_accumulate_wrap32
+    return accumulate(
         _centered(x, x_zp),
         _centered(w, wz),
         bias,
@@ -102,12 +105,12 @@ def qlinear_conv_nchw(
     w_scale = per_channel(w_scale, m, "w_scale", ctx)
     if bias is not None and (bias.dtype != np.int32 or bias.shape != (m,)):
         raise fail(ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}")
-    acc = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx, bias)
+    acc_f = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx, bias, as_f32=True)
     mult = dp.requant_multiplier(x_scale, w_scale, y_scale)
     if mult.ndim == 1:
-        mult = mult.reshape((m,) + (1,) * (acc.ndim - 2))
+        mult = mult.reshape((m,) + (1,) * (acc_f.ndim - 2))
     relu = bool(attrs.get("relu", 0))
-    return dp.requantize(acc, mult, y_dtype, y_zp, relu=relu)
+    return dp.requantize_f32(acc_f, mult, y_dtype, y_zp, relu=relu)
 
 
 @register("QLinearConv")

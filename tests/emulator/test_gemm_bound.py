@@ -98,3 +98,29 @@ def test_sparse_activations_with_large_k_take_one_float32_gemm() -> None:
     assert plan == (np.dtype(np.float32), 512 * 9)
     kw = {"strides": [1, 1], "pads": [1] * 4, "dilations": [1, 1], "group": 1}
     assert np.array_equal(dp.conv_accumulate(x, w, **kw), dp.conv_accumulate_reference(x, w, **kw))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([3, 64]),
+    KINDS,
+    KINDS,
+    st.sampled_from([0, 2**10, 2**24 - 1, 2**24, 2**24 + 1, 2**31 - 1]),
+    st.integers(0, 2**32 - 1),
+)
+def test_conv_accumulate_f32_is_float32_of_the_wrapped_accumulator(
+    c: int, kind_x: str, kind_w: str, bias_max: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = _operand(rng, (2 * c, 25), kind_x).reshape(2, c, 5, 5)
+    w = _operand(rng, (3, c * 9), kind_w).reshape(3, c, 3, 3)
+    bias = rng.integers(-bias_max, bias_max + 1, 3).astype(np.int32)
+    bias[0] = rng.choice([-bias_max, bias_max])
+    kw = {"strides": [1, 1], "pads": [1] * 4, "dilations": [1, 1], "group": 1}
+    exact = dp.conv_accumulate_reference(x, w, **kw) + bias.reshape(3, 1, 1).astype(np.int64)
+    got = dp.conv_accumulate_f32(x, w, bias, **kw)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, dp.wrap32(exact).astype(np.float32))
+    mult = np.float32(rng.uniform(1e-6, 1e-2))
+    y = dp.requantize_f32(got, mult, np.int8, 3, relu=True)
+    assert np.array_equal(y, dp.requantize(dp.wrap32(exact), mult, np.int8, 3, relu=True))

@@ -84,6 +84,7 @@ class RewriteContext:
         self.minimum_real_range = opts.get("MinimumRealRange")
         self.float_output_ops = frozenset(opts.get("OpTypesToExcludeOutputQuantization") or ())
         self._act_params: dict[str, QuantParams] = {}
+        self._pinned: set[str] = set()
         self.current: onnx.NodeProto | None = None
         self.uses_ms_domain = False
         self.enlarged_biases: list[str] = []  # biases whose weight scale the guard enlarged
@@ -142,6 +143,56 @@ class RewriteContext:
                 raise QuantizationError(f"tensor '{name}': {exc}") from None
         self._act_params[name] = params
         return params
+
+    def fixed_params(self, name: str) -> QuantParams | None:
+        """Parameters an activation must have whatever its range: its tensor override, or
+        those pinned to it by :meth:`pin_params`; None when it has neither."""
+        if name in self.config.tensor_overrides or name in self._pinned:
+            return self.activation_params(name)
+        return None
+
+    def pin_params(self, name: str, params: QuantParams) -> None:
+        """Give activation ``name`` fixed parameters (before the walk), e.g. those of the
+        overridden output of a Relu it alone feeds, so its producer quantizes into them."""
+        self._pinned.add(name)
+        self._act_params[name] = params
+
+    def output_params(self, name: str, params: QuantParams) -> QuantParams:
+        """The parameters of output edge ``name``: its fixed parameters, else ``params``."""
+        fixed = self.fixed_params(name)
+        return params if fixed is None else fixed
+
+    def honour_override(self, name: str) -> None:
+        """After a rule rewrote the node producing ``name``: when the tensor has an
+        override and its quantized edge has other parameters, requantize the edge
+        (DequantizeLinear -> QuantizeLinear with the override's parameters)."""
+        if name not in self.config.tensor_overrides:
+            return
+        state = self.edge(name)
+        if state is None:
+            return
+        if state.params is None:
+            raise QuantizationError(
+                f"tensor '{name}' (output of {self.where()}): its override cannot be honoured: "
+                "its quantization parameters are computed at run time"
+            )
+        want = self.activation_params(name)
+        if want.same_as(state.params):
+            return
+        old = state.params
+        raw = self.fresh(f"{name}_requantize")
+        extra = {"axis": old.axis} if old.per_channel else {}
+        self.add_node(
+            "DequantizeLinear", [state.q_name, state.scale_name, state.zp_name], [raw], **extra
+        )
+        self.types[raw] = TensorProto.FLOAT
+        q = self.fresh(f"{name}_quantized")
+        s, z = self.params_initializers(name, want)
+        new = EdgeState(name, q, s, z, want.qtype, want, state.float_available)
+        self.states.replace(new)
+        self.types[q] = want.qtype.onnx_type
+        extra = {"axis": want.axis} if want.per_channel else {}
+        self.add_node("QuantizeLinear", [raw, new.scale_name, new.zp_name], [q], **extra)
 
     def weight_params(self, name: str, per_channel: bool, axis: int) -> QuantParams:
         """Parameters of a constant: its override, else computed from its values."""

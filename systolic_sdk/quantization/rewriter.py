@@ -52,6 +52,10 @@ def walk(ctx: RewriteContext) -> onnx.ModelProto:
         done = rule is not None and rule.apply(node, ctx)
         if not done:
             ctx.emit_float(node)
+            continue
+        for out in node.output:
+            if out:
+                ctx.honour_override(out)
     ctx.current = None
     if ctx.enlarged_biases:
         names = ", ".join(f"'{n}'" for n in ctx.enlarged_biases[:5])

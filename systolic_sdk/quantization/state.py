@@ -50,3 +50,9 @@ class EdgeStates:
         if state.float_name in self.edges:
             raise RuntimeError(f"tensor '{state.float_name}' is already quantized")
         self.edges[state.float_name] = state
+
+    def replace(self, state: EdgeState) -> None:
+        """Give an already quantized tensor a new quantized form (after requantizing it)."""
+        if state.float_name not in self.edges:
+            raise RuntimeError(f"tensor '{state.float_name}' is not quantized")
+        self.edges[state.float_name] = state

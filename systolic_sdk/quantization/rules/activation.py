@@ -2,7 +2,9 @@
 
 Ranges: before the walk, a Relu/Clip whose input has no other reader (and is not a
 graph output) gives its output range to its input, as onnxruntime does, so the
-producer quantizes straight into the activation's range.
+producer quantizes straight into the activation's range; when the output has a tensor
+override, its parameters are pinned to the input instead, so the override holds on
+both edges without a requantization.
 
 Rewrite (the output keeps the input's scale and zero point): quantization is monotone,
 so ``Q(clip(x, lo, hi)) == clip(Q(x), Q(lo), Q(hi))`` exactly. When the integer bounds
@@ -11,6 +13,8 @@ type minimum), the op is dropped and its output aliases the input (in QDQ it is 
 between DQ and Q under the option QDQKeepRemovableActivations). Otherwise QOperator
 emits an integer Clip (opset >= 12) and QDQ emits DQ -> op -> Q with the same params.
 The op stays float when its input is not quantized (unless ForceQuantizeNoInputCheck).
+An override on the output with other parameters than the input's: QDQ quantizes the
+op's output with it; QOperator requantizes the output (the walk's honour_override).
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ class ActivationRule(OpRule):
             return
         if self.bounds(node, ctx) is None:  # the rule will not apply: keep the range
             return
-        if y in ctx.ranges:
+        fixed = ctx.fixed_params(y)
+        if fixed is not None and not fixed.per_channel:
+            ctx.pin_params(x, fixed)  # the producer quantizes straight into the override
+        elif y in ctx.ranges:
             ctx.ranges[x] = ctx.ranges[y]
 
     def bounds(
@@ -81,12 +88,14 @@ class ActivationRule(OpRule):
         lo_q, hi_q = (None if v is None else _quantize_scalar(v, p) for v in bounds)
         tmin, tmax = datapath.qrange(p.qtype.np_dtype)
         state = ctx.quantized_activation(x)
+        yp = ctx.output_params(y, p)
         removable = (lo_q is None or lo_q <= tmin) and (hi_q is None or hi_q >= tmax)
-        if removable and not (ctx.form == OutputForm.QDQ and ctx.keep_removable_activations):
-            ctx.alias_quantized(y, state)
+        qdq = ctx.form == OutputForm.QDQ
+        if removable and not (qdq and (ctx.keep_removable_activations or not yp.same_as(p))):
+            ctx.alias_quantized(y, state)  # the walk requantizes y to its override
             return True
-        if ctx.form == OutputForm.QDQ:
-            ctx.emit_qdq(node, [ctx.dequantized(state)] + list(node.input[1:]), [p])
+        if qdq:
+            ctx.emit_qdq(node, [ctx.dequantized(state)] + list(node.input[1:]), [yp])
             return True
         if ctx.opset < INT_CLIP_OPSET:
             return False

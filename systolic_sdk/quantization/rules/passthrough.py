@@ -3,7 +3,9 @@ Unsqueeze (and MaxPool, see pooling.py). The output keeps the input's parameters
 
 They are rewritten only when their data input is already quantized (onnxruntime's
 rule; ForceQuantizeNoInputCheck quantizes it anyway). QOperator runs the op on the
-integer tensor; QDQ writes DQ -> op -> Q with the input's parameters.
+integer tensor; QDQ writes DQ -> op -> Q with the input's parameters. A tensor override
+on the output is honoured: QDQ quantizes the op's output with it, QOperator requantizes
+the integer output to it (DQ -> Q, inserted by the walk).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class PassThroughRule(OpRule):
         state = ctx.quantized_activation(x)
         y = node.output[0]
         if ctx.form == OutputForm.QDQ:
-            ctx.emit_qdq(node, [ctx.dequantized(state)] + list(node.input[1:]), [p])
+            yp = ctx.output_params(y, p)
+            ctx.emit_qdq(node, [ctx.dequantized(state)] + list(node.input[1:]), [yp])
             return True
         yq = ctx.fresh(f"{y}_quantized")
         ctx.add_node(

@@ -15,6 +15,8 @@ two meanings of com.microsoft QLinearAdd (the accelerator's and onnxruntime's).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 F32 = np.float32
@@ -247,6 +249,24 @@ MAX_F32_CHUNKS = 16
 _DW_BLOCK = 1 << 16
 #: Largest im2col buffer (elements) built at once; larger batches run in slices.
 _COLS_LIMIT = 1 << 25
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """An uninitialized work array reused across calls (one buffer per slot and thread).
+
+    Fresh allocations of tens of MB are page-faulted in on every call; reusing the memory
+    of the im2col matrix and the GEMM result avoids that. Never return one to a caller.
+    """
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    bufs: dict[str, np.ndarray] = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = bufs[slot] = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dt).reshape(shape)
 
 
 def _absmax(a: np.ndarray) -> int:
@@ -528,30 +548,50 @@ def _conv_core(
     # im2col as cols[(channel, tap), (n, pixel)] built from one strided copy per tap,
     # then acc[oc, (n, pixel)] = w[oc, (channel, tap)] @ cols, all groups in one batched
     # GEMM: (G, Mg, K) @ (G, K, N*P) with K = Cg * taps.
-    xp = np.zeros([c, n_batch] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)],
-                  dtype=dtype)  # fmt: skip
+    xp_shape = [c, n_batch] + [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)]
+    xp = _scratch("xp", tuple(xp_shape), dtype)
+    if any(pads):
+        xp.fill(0)
     interior = (slice(None), slice(None))
     interior += tuple(slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))
     xp[interior] = np.moveaxis(x, 1, 0)
     if taps == 1 and not any(pads) and all(st == 1 for st in strides):
         cols = xp.reshape(c, n_batch * npix)  # 1x1, stride 1: no copy
     else:
-        cols = np.empty((c, taps, n_batch, *outs), dtype=dtype)
-        for ti, t in enumerate(tap_list):
-            cols[:, ti] = xp[(slice(None), slice(None)) + tap_slices(t)]
+        cols = _scratch("cols", (c, taps, n_batch, *outs), dtype)
+        if taps > 1 and any(st > 1 for st in strides):
+            # Strided convs: split the padded input into its stride phases once, so that
+            # every tap is a unit-stride window of one phase (faster copies).
+            phases: dict[tuple[int, ...], np.ndarray] = {}
+            for ti, t in enumerate(tap_list):
+                off = [t[i] * dilations[i] for i in range(nsp)]
+                ph = tuple(off[i] % strides[i] for i in range(nsp))
+                if ph not in phases:
+                    sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
+                    phases[ph] = np.ascontiguousarray(xp[(slice(None), slice(None)) + sl])
+                q = [off[i] // strides[i] for i in range(nsp)]
+                sl = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
+                cols[:, ti] = phases[ph][(slice(None), slice(None)) + sl]
+        else:
+            for ti, t in enumerate(tap_list):
+                cols[:, ti] = xp[(slice(None), slice(None)) + tap_slices(t)]
     cols = cols.reshape(group, cg * taps, n_batch * npix)
     wmat = w.reshape(group, mg, cg * taps).astype(dtype)
     if dtype == np.float32 and chunk >= cg * taps:
         # One exact float32 GEMM: keep its float32 result (integers of magnitude at most
         # 2**24) for conv_accumulate_f32.
-        part = np.matmul(wmat[0], cols[0]) if group == 1 else np.matmul(wmat, cols)
+        if group == 1:
+            part = np.matmul(wmat[0], cols[0], out=_scratch("gemm", (m, n_batch * npix), dtype))
+        else:
+            part = np.matmul(wmat, cols, out=_scratch("gemm", (group, mg, n_batch * npix), dtype))
     elif group == 1:
         part = _chunked_matmul(wmat[0], cols[0], chunk)
     else:
         part = _chunked_matmul(wmat, cols, chunk)
-    # (M, N, P) -> (N, M, P)
-    acc = part.reshape(m, n_batch, npix).transpose(1, 0, 2)
-    return np.ascontiguousarray(acc).reshape(n_batch, m, *outs)
+    # (M, N, P) -> (N, M, P), always into a new array (part may be a scratch buffer)
+    acc = np.empty((n_batch, m, npix), dtype=part.dtype)
+    acc[...] = part.reshape(m, n_batch, npix).transpose(1, 0, 2)
+    return acc.reshape(n_batch, m, *outs)
 
 
 def conv_accumulate(

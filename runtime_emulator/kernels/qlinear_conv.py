@@ -33,7 +33,10 @@ from runtime_emulator.kernels._common import (
 
 
 def _centered(q: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    """``q - zp`` as int16 (8-bit operands differ by at most 255)."""
+    """``q - zp`` as int16 (8-bit operands differ by at most 255); ``q`` itself when every
+    zero point is 0."""
+    if not np.any(zp):
+        return q
     return q.astype(np.int16) - zp.astype(np.int16)
 
 

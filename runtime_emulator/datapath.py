@@ -455,21 +455,24 @@ def _conv_plan(
     x_max, w_max = _absmax(x), _absmax(w)
     if x.size == 0 or w.size == 0 or max(x_max, w_max) > 2**16:
         return gemm_plan(k, x_max, w_max)
-    nsp = len(outs)
+    win = np.add.reduce(np.abs(x, dtype=np.int32), axis=1, dtype=np.int64)  # (N, *sizes)
+    win = _pad_spatial(win[:, None], pads, 0)[:, 0]
+    # Sum over each window's whole span (a superset of its taps when dilated), one axis
+    # at a time, from prefix sums.
+    for i, o in enumerate(outs):
+        ax = 1 + i
+        span = (w.shape[2 + i] - 1) * dilations[i] + 1
+        shape = list(win.shape)
+        shape[ax] += 1
+        cs = np.zeros(shape, dtype=np.int64)
+        np.cumsum(win, axis=ax, out=cs[(slice(None),) * ax + (slice(1, None),)])
+        starts = np.arange(o) * strides[i]
+        win = np.take(cs, starts + span, axis=ax) - np.take(cs, starts, axis=ax)
+    col = int(win.max())
+    if w_max * col <= F32_EXACT:  # the row sums are not needed
+        return abs_sum_plan(k, w_max, x_max, w_max * k, col)
     w_row = int(np.abs(w.reshape(w.shape[0], -1), dtype=np.int32).sum(axis=1).max())
-    pix = np.add.reduce(np.abs(x, dtype=np.int32), axis=1, dtype=np.int64)  # (N, *sizes)
-    pix = _pad_spatial(pix[:, None], pads, 0)[:, 0]
-    win = np.zeros((x.shape[0], *outs), dtype=np.int64)
-    for t in np.ndindex(*w.shape[2:]):
-        win += pix[
-            (slice(None),)
-            + tuple(
-                slice(t[i] * dilations[i], t[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1,
-                      strides[i])
-                for i in range(nsp)
-            )
-        ]  # fmt: skip
-    return abs_sum_plan(k, w_max, x_max, w_row, int(win.max()))
+    return abs_sum_plan(k, w_max, x_max, w_row, col)
 
 
 def _conv_core(

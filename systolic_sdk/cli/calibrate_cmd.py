@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from systolic_sdk.cli.common import CONTEXT_SETTINGS, QUANT_TYPES, say, sdk_errors
+from systolic_sdk.cli.common import (
+    CONTEXT_SETTINGS,
+    backend_option,
+    overrides_extra,
+    quant_type_options,
+    quant_types,
+    say,
+    sdk_errors,
+)
 from systolic_sdk.errors import SdkError
 
 CALIB_MODES = ("naive", "minmax_avg", "minmax", "percentile", "entropy", "mse")
@@ -221,6 +229,30 @@ _calib_option_decorators = [
 ]
 
 
+def _quantize_options(activation_default: str):
+    """The quantizer options both commands take: types, per-channel, format."""
+
+    def decorate(func):
+        func = click.option(
+            "--quant-format",
+            "--quant_format",
+            "quant_format",
+            type=click.Choice(["qdq", "qoperator"]),
+            default="qdq",
+            show_default=True,
+        )(func)
+        func = click.option(
+            "--per-channel",
+            "--per_channel",
+            "per_channel",
+            is_flag=True,
+            help="Per-channel weights.",
+        )(func)
+        return quant_type_options(activation_default, snake_case=True)(func)
+
+    return decorate
+
+
 def _calib_options(func):
     for decorator in reversed(_calib_option_decorators):
         func = decorator(func)
@@ -283,9 +315,7 @@ an ONNX test-data folder (test_data_set_N/input_K.pb) or a folder of input_K.pb.
     type=click.Path(path_type=Path),
     help=f"The quantized model (default: {DEFAULT_OUTPUT}).",
 )
-@click.option(
-    "--backend", default="cpu", show_default=True, help="Target backend: cpu or systolic."
-)
+@backend_option()
 @click.option(
     "--calibration-table",
     "--calibration_table",
@@ -298,28 +328,7 @@ an ONNX test-data folder (test_data_set_N/input_K.pb) or a folder of input_K.pb.
     is_flag=True,
     help="Write --calibration-table-out and stop (no quantization).",
 )
-@click.option(
-    "--activation-type",
-    "--activation_type",
-    type=click.Choice(QUANT_TYPES),
-    default="qint8",
-    show_default=True,
-)
-@click.option(
-    "--weight-type",
-    "--weight_type",
-    type=click.Choice(QUANT_TYPES),
-    default="qint8",
-    show_default=True,
-)
-@click.option("--per-channel", "--per_channel", is_flag=True, help="Per-channel weights.")
-@click.option(
-    "--quant-format",
-    "--quant_format",
-    type=click.Choice(["qdq", "qoperator"]),
-    default="qdq",
-    show_default=True,
-)
+@_quantize_options("qint8")
 @_calib_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @sdk_errors
@@ -351,7 +360,6 @@ def calibrate_command(
     """Calibrate MODEL on a dataset with the chosen method, then quantize it."""
     from systolic_sdk.calibration import open_source
     from systolic_sdk.calibration.preprocess import get_preprocessor
-    from systolic_sdk.quantization.types import QuantType
 
     check_backend(backend)
     method = calib_mode.lower()
@@ -388,10 +396,9 @@ def calibrate_command(
         table_format=table_format,
         backend=backend,
         quant_kwargs=dict(
-            activation_type=QuantType.from_string(activation_type),
-            weight_type=QuantType.from_string(weight_type),
             per_channel=per_channel,
             quant_format=quant_format,
+            **quant_types(activation_type, weight_type),
         ),
     )
     source = f"table {calibration_table}" if calibration_table else f"{method} on {dataset_path}"
@@ -428,22 +435,7 @@ Example:
     required=True,
     type=click.Path(path_type=Path),
 )
-@click.option(
-    "--activation_type",
-    "--activation-type",
-    "activation_type",
-    type=click.Choice(QUANT_TYPES),
-    default="quint8",
-    show_default=True,
-)
-@click.option(
-    "--weight_type",
-    "--weight-type",
-    "weight_type",
-    type=click.Choice(QUANT_TYPES),
-    default="qint8",
-    show_default=True,
-)
+@_quantize_options("quint8")
 @click.option(
     "--quantize_bias/--disable_quantize_bias",
     "--quantize-bias/--disable-quantize-bias",
@@ -452,7 +444,6 @@ Example:
     show_default=True,
     help="Quantize Conv/Gemm biases to int32.",
 )
-@click.option("--per_channel", "--per-channel", "per_channel", is_flag=True)
 @click.option(
     "--tensor_quant_overrides",
     "--tensor-quant-overrides",
@@ -471,14 +462,6 @@ Example:
     show_default=True,
 )
 @click.option(
-    "--quant_format",
-    "--quant-format",
-    "quant_format",
-    type=click.Choice(["qdq", "qoperator"]),
-    default="qdq",
-    show_default=True,
-)
-@click.option(
     "--calib_tensor_range_symmetric",
     "--calib-tensor-range-symmetric",
     "symmetric",
@@ -493,7 +476,7 @@ Example:
     help="minmax: moving average of per-sample min/max.",
 )
 @click.option("--dataset_size", "--dataset-size", "dataset_size", type=click.IntRange(min=1))
-@click.option("--backend", default="cpu", show_default=True, help="cpu or systolic.")
+@backend_option()
 @click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @sdk_errors
@@ -517,7 +500,6 @@ def static_runner_command(
     """Quantize a model calibrated on the test_data_set_* folders beside it."""
     from systolic_sdk.calibration import open_source
     from systolic_sdk.calibration.sources import DataSourceError, _test_data_sets
-    from systolic_sdk.quantization.types import QuantType
 
     check_backend(backend)
     folder = input_model_path.resolve().parent
@@ -531,15 +513,7 @@ def static_runner_command(
         if method != "minmax":
             raise SdkError("--calib_moving_average applies to --calibrate_method minmax only")
         extra["CalibMovingAverage"] = True
-    if tensor_quant_overrides is not None:
-        from systolic_sdk.quantization.overrides import (
-            load_tensor_overrides,
-            overrides_to_json,
-        )
-
-        extra["TensorQuantOverrides"] = overrides_to_json(
-            load_tensor_overrides(tensor_quant_overrides)
-        )
+    extra.update(overrides_extra(tensor_quant_overrides))
 
     def reader_factory(model):
         return open_source(folder, model, dataset_size=dataset_size)
@@ -556,11 +530,10 @@ def static_runner_command(
         table_format=None,
         backend=backend,
         quant_kwargs=dict(
-            activation_type=QuantType.from_string(activation_type),
-            weight_type=QuantType.from_string(weight_type),
             per_channel=per_channel,
             quant_format=quant_format,
             quantize_bias=quantize_bias,
+            **quant_types(activation_type, weight_type),
         ),
     )
     say(quiet, f"wrote {output_path} ({count} tensor ranges, {method} on {folder})")

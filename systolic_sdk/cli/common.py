@@ -57,6 +57,65 @@ def backend_choices() -> list[str]:
         return ["cpu"]
 
 
+def backend_option() -> Callable[[F], F]:
+    """``--backend NAME`` (default cpu)."""
+    return click.option(
+        "--backend",
+        default="cpu",
+        show_default=True,
+        help=f"Target: {', '.join(backend_choices())} (cpu = stock onnxruntime).",
+    )
+
+
+def quant_type_options(
+    activation_default: str = "qint8",
+    *,
+    snake_case: bool = False,
+    activation_help: str | None = None,
+) -> Callable[[F], F]:
+    """``--activation-type`` and ``--weight-type`` (also spelled with underscores when
+    ``snake_case``), as the strings of QUANT_TYPES; weights default to qint8."""
+    helps = {
+        "activation": activation_help or "Element type of quantized activations.",
+        "weight": "Element type of quantized weights.",
+    }
+    defaults = {"activation": activation_default, "weight": "qint8"}
+
+    def decorate(func: F) -> F:
+        for kind in ("weight", "activation"):
+            names = [f"--{kind}-type"] + ([f"--{kind}_type"] if snake_case else [])
+            func = click.option(
+                *names,
+                f"{kind}_type",
+                type=click.Choice(QUANT_TYPES, case_sensitive=False),
+                default=defaults[kind],
+                show_default=True,
+                help=helps[kind],
+            )(func)
+        return func
+
+    return decorate
+
+
+def quant_types(activation_type: str, weight_type: str) -> dict[str, Any]:
+    """The API's ``activation_type``/``weight_type`` arguments from the option strings."""
+    from systolic_sdk.quantization.types import QuantType
+
+    return {
+        "activation_type": QuantType.from_string(activation_type),
+        "weight_type": QuantType.from_string(weight_type),
+    }
+
+
+def overrides_extra(path: Any) -> dict[str, Any]:
+    """``extra_options`` holding the tensor overrides of a JSON file (none when None)."""
+    if path is None:
+        return {}
+    from systolic_sdk.quantization.overrides import load_tensor_overrides, overrides_to_json
+
+    return {"TensorQuantOverrides": overrides_to_json(load_tensor_overrides(path))}
+
+
 def say(quiet: bool, message: str) -> None:
     """Print a progress/result line unless --quiet."""
     if not quiet:

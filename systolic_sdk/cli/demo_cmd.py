@@ -14,8 +14,9 @@ import onnx
 from systolic_sdk.cli.common import (
     CONTEXT_SETTINGS,
     FORMATS,
-    QUANT_TYPES,
-    backend_choices,
+    backend_option,
+    quant_type_options,
+    quant_types,
     say,
     sdk_errors,
 )
@@ -162,12 +163,7 @@ def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.nda
 
 @click.command("demo", context_settings=CONTEXT_SETTINGS)
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-@click.option(
-    "--backend",
-    default="cpu",
-    show_default=True,
-    help=f"Target: {', '.join(backend_choices())}.",
-)
+@backend_option()
 @click.option(
     "--format",
     "fmt",
@@ -177,18 +173,7 @@ def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.nda
     help="qdq/qoperator: static, calibrated on calib.npz; integer: dynamic.",
 )
 @click.option("--per-channel", is_flag=True, help="One weight scale per output channel.")
-@click.option(
-    "--activation-type",
-    type=click.Choice(QUANT_TYPES, case_sensitive=False),
-    default="qint8",
-    show_default=True,
-)
-@click.option(
-    "--weight-type",
-    type=click.Choice(QUANT_TYPES, case_sensitive=False),
-    default="qint8",
-    show_default=True,
-)
+@quant_type_options()
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Also write the quantized model."
 )
@@ -218,9 +203,8 @@ def demo_command(
         backend=backend,
         quant_format=fmt,
         per_channel=per_channel,
-        activation_type=QuantType.from_string(activation_type),
-        weight_type=QuantType.from_string(weight_type),
         output=output,
+        **quant_types(activation_type, weight_type),
     )
     say(False, f"model:     {result.model_dir / 'model.onnx'}")
     say(False, f"quantized: {result.description}")

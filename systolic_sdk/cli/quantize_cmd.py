@@ -12,15 +12,17 @@ from systolic_sdk.calibration import METHODS
 from systolic_sdk.cli.common import (
     CONTEXT_SETTINGS,
     FORMATS,
-    QUANT_TYPES,
-    backend_choices,
+    backend_option,
+    overrides_extra,
+    quant_type_options,
+    quant_types,
     say,
     sdk_errors,
     split_names,
 )
 from systolic_sdk.errors import SdkError
 from systolic_sdk.graph.io import check_output_path, load_model
-from systolic_sdk.quantization.types import OutputForm, QuantType
+from systolic_sdk.quantization.types import OutputForm
 
 CALIBRATION_METHODS = tuple(METHODS)
 
@@ -52,12 +54,7 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Quantized model path."
 )
-@click.option(
-    "--backend",
-    default="cpu",
-    show_default=True,
-    help=f"Target: {', '.join(backend_choices())} (cpu = stock onnxruntime).",
-)
+@backend_option()
 @click.option(
     "--format",
     "fmt",
@@ -76,19 +73,8 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
 )
 @click.option("--per-channel", is_flag=True, help="One weight scale per output channel.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (CPUs without VNNI).")
-@click.option(
-    "--activation-type",
-    type=click.Choice(QUANT_TYPES, case_sensitive=False),
-    default="qint8",
-    show_default=True,
-    help="Element type of quantized activations (dynamic mode: always quint8).",
-)
-@click.option(
-    "--weight-type",
-    type=click.Choice(QUANT_TYPES, case_sensitive=False),
-    default="qint8",
-    show_default=True,
-    help="Element type of quantized weights.",
+@quant_type_options(
+    activation_help="Element type of quantized activations (dynamic mode: always quint8)."
 )
 @click.option(
     "--calibration-data",
@@ -170,7 +156,6 @@ def quantize_command(
     nothing is written.
     """
     from systolic_sdk import api
-    from systolic_sdk.quantization.overrides import load_tensor_overrides, overrides_to_json
 
     mode = (mode or ("dynamic" if fmt == "integer" else "static")).lower()
     fmt = (fmt or ("integer" if mode == "dynamic" else "qdq")).lower()
@@ -187,16 +172,13 @@ def quantize_command(
         )
     out = check_output_path(output, model)
     fp32 = load_model(model)
-    extra: dict = {}
-    if tensor_quant_overrides is not None:
-        extra["TensorQuantOverrides"] = overrides_to_json(
-            load_tensor_overrides(tensor_quant_overrides)
-        )
+    extra = overrides_extra(tensor_quant_overrides)
+    types = quant_types(activation_type, weight_type)
     common = dict(
         op_types_to_quantize=split_names(op_types),
         per_channel=per_channel,
         reduce_range=reduce_range,
-        weight_type=QuantType.from_string(weight_type),
+        weight_type=types["weight_type"],
         nodes_to_quantize=split_names(nodes_to_quantize),
         nodes_to_exclude=split_names(nodes_to_exclude),
         extra_options=extra,
@@ -220,7 +202,7 @@ def quantize_command(
             None,
             reader,
             quant_format=quant_format,
-            activation_type=QuantType.from_string(activation_type),
+            activation_type=types["activation_type"],
             calibrate_method=calibration_method,
             **common,
         )

@@ -94,38 +94,22 @@ def quantize_static(
 
     Parameters as in ``onnxruntime.quantization.quantize_static``. ``quant_format`` may
     also be ``OutputForm.INTEGER`` (ConvInteger/MatMulInteger with static activations).
-    ``calibration_cache_path``: onnxruntime's JSON calibration cache (also accepted:
-    ``{tensor: [rmin, rmax]}``), read when it exists (no calibration run), else written
-    after calibrating. ``model_output`` None
-    writes nothing. ``use_external_data_format`` is accepted; models are written inline
+    ``calibration_cache_path``: a calibration table in any format
+    :func:`systolic_sdk.calibration.table.read_table` reads (onnxruntime's JSON cache,
+    ``{tensor: [rmin, rmax]}``, text, FlatBuffers), read when it exists (no calibration
+    run), else written after calibrating (onnxruntime's JSON form, full precision).
+    ``model_output`` None writes nothing. ``use_external_data_format`` is accepted; models are written inline
     (models above 2 GiB are refused). Returns the quantized model.
     """
-    extra = dict(extra_options or {})
     out = _check_output(model_output, model_input)
     model = load_model(model_input)
-    config = _build_config(
-        model,
-        form=_as_form(quant_format),
-        static=True,
-        activation_type=_as_quant_type(activation_type, "activation_type"),
-        weight_type=_as_quant_type(weight_type, "weight_type"),
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        op_types_to_quantize=op_types_to_quantize,
-        nodes_to_quantize=nodes_to_quantize,
-        nodes_to_exclude=nodes_to_exclude,
-        extra=extra,
-        backend=backend,
-        quantize_bias=quantize_bias,
-        strict=strict,
-    )
-    method = _calibrator(calibrate_method)
+    config = _build_config(model, locals(), form=_as_form(quant_format), static=True)
     return _run(
         model,
         config,
         out,
         reader=calibration_data_reader,
-        method=method,
+        method=_calibrator(calibrate_method),
         providers=calibration_providers,
         cache=calibration_cache_path,
     )
@@ -151,25 +135,11 @@ def quantize_dynamic(
     with ConvInteger/MatMulInteger). Parameters as in onnxruntime's ``quantize_dynamic``;
     ``model_output`` None writes nothing. Returns the quantized model.
     """
-    extra = dict(extra_options or {})
     out = _check_output(model_output, model_input)
     model = load_model(model_input)
-    config = _build_config(
-        model,
-        form=OutputForm.INTEGER,
-        static=False,
-        activation_type=QuantType.QUInt8,  # DynamicQuantizeLinear emits uint8
-        weight_type=_as_quant_type(weight_type, "weight_type"),
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        op_types_to_quantize=op_types_to_quantize,
-        nodes_to_quantize=nodes_to_quantize,
-        nodes_to_exclude=nodes_to_exclude,
-        extra=extra,
-        backend=backend,
-        quantize_bias=quantize_bias,
-        strict=strict,
-    )
+    # DynamicQuantizeLinear emits uint8 activations
+    args = {**locals(), "activation_type": QuantType.QUInt8}
+    config = _build_config(model, args, form=OutputForm.INTEGER, static=False)
     return _run(model, config, out)
 
 
@@ -202,26 +172,10 @@ def quantize_qat(
     are calibrated on ``calibration_data_reader`` (an error names the first one if no
     reader is given). ``TensorQuantOverrides`` in ``extra_options`` take precedence.
     """
-    extra = dict(extra_options or {})
     out = _check_output(model_output, model_input)
     stripped = strip_fake_quant(load_model(model_input))
     learned = dict(stripped.overrides)
-    config = _build_config(
-        stripped.model,
-        form=_as_form(quant_format),
-        static=True,
-        activation_type=_as_quant_type(activation_type, "activation_type"),
-        weight_type=_as_quant_type(weight_type, "weight_type"),
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        op_types_to_quantize=op_types_to_quantize,
-        nodes_to_quantize=nodes_to_quantize,
-        nodes_to_exclude=nodes_to_exclude,
-        extra=extra,
-        backend=backend,
-        quantize_bias=quantize_bias,
-        strict=strict,
-    )
+    config = _build_config(stripped.model, locals(), form=_as_form(quant_format), static=True)
     learned.update(config.tensor_overrides)
     config.tensor_overrides = learned
     return _run(
@@ -339,22 +293,13 @@ def _with_type(ov: TensorOverride, qtype: QuantType) -> TensorOverride:
 
 
 def _build_config(
-    model: onnx.ModelProto,
-    *,
-    form: OutputForm,
-    static: bool,
-    activation_type: QuantType,
-    weight_type: QuantType,
-    per_channel: bool,
-    reduce_range: bool,
-    op_types_to_quantize: Sequence[str] | None,
-    nodes_to_quantize: Sequence[str] | None,
-    nodes_to_exclude: Sequence[str] | None,
-    extra: dict[str, Any],
-    backend: str,
-    quantize_bias: bool,
-    strict: bool,
+    model: onnx.ModelProto, args: Mapping[str, Any], *, form: OutputForm, static: bool
 ) -> QuantConfig:
+    """The QuantConfig of one public call; ``args`` are its arguments by name (the
+    onnxruntime-compatible ones: activation_type, weight_type, per_channel, ...)."""
+    extra = dict(args["extra_options"] or {})
+    backend = args["backend"]
+    nodes_to_quantize, nodes_to_exclude = args["nodes_to_quantize"], args["nodes_to_exclude"]
     overrides: dict[str, TensorOverride] = {}
     if extra.get("TensorQuantOverrides"):
         overrides = parse_tensor_overrides(extra["TensorQuantOverrides"], "TensorQuantOverrides")
@@ -366,18 +311,18 @@ def _build_config(
         backend=backend,
         form=form,
         static=static,
-        activation_type=activation_type,
-        weight_type=weight_type,
-        per_channel=bool(per_channel),
-        reduce_range=bool(reduce_range),
+        activation_type=_as_quant_type(args["activation_type"], "activation_type"),
+        weight_type=_as_quant_type(args["weight_type"], "weight_type"),
+        per_channel=bool(args["per_channel"]),
+        reduce_range=bool(args["reduce_range"]),
         symmetric_activations=_opt_bool(extra, "ActivationSymmetric"),
         symmetric_weights=_opt_bool(extra, "WeightSymmetric"),
-        quantize_bias=bool(extra.get("QuantizeBias", quantize_bias)),
-        op_types_to_quantize=_names(op_types_to_quantize, "op_types_to_quantize"),
+        quantize_bias=bool(extra.get("QuantizeBias", args["quantize_bias"])),
+        op_types_to_quantize=_names(args["op_types_to_quantize"], "op_types_to_quantize"),
         nodes_to_quantize=_names(nodes_to_quantize, "nodes_to_quantize"),
         nodes_to_exclude=_names(nodes_to_exclude, "nodes_to_exclude") or frozenset(),
         tensor_overrides=overrides,
-        strict=bool(strict),
+        strict=bool(args["strict"]),
         extra_options=extra,
     )
 

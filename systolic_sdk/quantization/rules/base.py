@@ -47,6 +47,34 @@ class OpRule:
         raise NotImplementedError
 
 
+class AccumulatorRule(OpRule):
+    """A rule for an op that accumulates products (Conv, MatMul, Gemm): its first
+    ``activation_inputs`` inputs are activations, and its output needs a range except in
+    the integer form (there the int32 accumulator is rescaled to float)."""
+
+    forms = ALL_FORMS
+    activation_inputs = 1
+
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
+        names = list(node.input[: self.activation_inputs])
+        if ctx.form != OutputForm.INTEGER:
+            names.append(node.output[0])
+        return [n for n in names if ctx.is_activation(n)]
+
+
+def matmul_integer(ctx: RewriteContext, node: onnx.NodeProto, a: EdgeState, b: EdgeState) -> str:
+    """Emit ``MatMulInteger(a, b)`` in place of ``node``; the int32 accumulator's name."""
+    acc = ctx.fresh(f"{node.output[0]}_int32")
+    ctx.add_node(
+        "MatMulInteger",
+        [a.q_name, b.q_name, a.zp_name, b.zp_name],
+        [acc],
+        name=node.name,
+        inserted=False,
+    )
+    return acc
+
+
 def qop_inputs(state: EdgeState) -> list[str]:
     """The (tensor, scale, zero point) triple a QLinear* op takes for one input."""
     return [state.q_name, state.scale_name, state.zp_name]

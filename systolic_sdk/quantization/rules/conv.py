@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from systolic_sdk.quantization.rules.base import ALL_FORMS, OpRule, copy_attrs, qop_inputs
+from systolic_sdk.quantization.rules.base import AccumulatorRule, copy_attrs, qop_inputs
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
 from systolic_sdk.quantization.types import OutputForm
 
@@ -18,15 +18,8 @@ if TYPE_CHECKING:
 WEIGHT_AXIS = 0
 
 
-class ConvRule(OpRule):
+class ConvRule(AccumulatorRule):
     op_types = ("Conv",)
-    forms = ALL_FORMS
-
-    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
-        names = [node.input[0]]
-        if ctx.form != OutputForm.INTEGER:
-            names.append(node.output[0])
-        return [n for n in names if ctx.is_activation(n)]
 
     def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         x, w = node.input[0], node.input[1]

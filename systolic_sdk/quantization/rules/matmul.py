@@ -9,11 +9,11 @@ import onnx
 
 from systolic_sdk.quantization.params import QuantParams
 from systolic_sdk.quantization.rules.base import (
-    ALL_FORMS,
     MS_DOMAIN,
-    OpRule,
+    AccumulatorRule,
     attr_value,
     copy_attrs,
+    matmul_integer,
     qop_inputs,
 )
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
@@ -23,18 +23,12 @@ if TYPE_CHECKING:
     from systolic_sdk.quantization.context import RewriteContext
 
 
-class MatMulRule(OpRule):
+class MatMulRule(AccumulatorRule):
     """MatMul with a float activation A and a constant (or, unless MatMulConstBOnly, an
     activation) B. Constant B is quantized per column (axis 1) when per channel."""
 
     op_types = ("MatMul",)
-    forms = ALL_FORMS
-
-    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
-        names = list(node.input[:2])
-        if ctx.form != OutputForm.INTEGER:
-            names.append(node.output[0])
-        return [n for n in names if ctx.is_activation(n)]
+    activation_inputs = 2
 
     def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         a, b = node.input[0], node.input[1]
@@ -58,14 +52,7 @@ class MatMulRule(OpRule):
         if ctx.form == OutputForm.INTEGER:
             as_ = ctx.quantized_activation(a)
             bs = ctx.quantized_constant(b, bp) if b_const else ctx.quantized_activation(b)
-            acc = ctx.fresh(f"{y}_int32")
-            ctx.add_node(
-                "MatMulInteger",
-                [as_.q_name, bs.q_name, as_.zp_name, bs.zp_name],
-                [acc],
-                name=node.name,
-                inserted=False,
-            )
+            acc = matmul_integer(ctx, node, as_, bs)
             scaled_integer_output(
                 ctx, acc, as_, bp if bs.params is not None else None, (-1,), None, y, ws=bs
             )
@@ -93,7 +80,7 @@ class MatMulRule(OpRule):
         return True
 
 
-class GemmRule(OpRule):
+class GemmRule(AccumulatorRule):
     """Gemm with a float activation A, constant B and optional constant C.
 
     Per-channel axis: 1 when transB = 0 (B is [K, N]), 0 when transB = 1 (B is [N, K]).
@@ -102,13 +89,6 @@ class GemmRule(OpRule):
     """
 
     op_types = ("Gemm",)
-    forms = ALL_FORMS
-
-    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
-        names = [node.input[0]]
-        if ctx.form != OutputForm.INTEGER:
-            names.append(node.output[0])
-        return [n for n in names if ctx.is_activation(n)]
 
     def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
         a, b = node.input[0], node.input[1]
@@ -146,14 +126,7 @@ class GemmRule(OpRule):
                 wp = QuantParams(wp.scale, wp.zero_point, wp.qtype, 1)
             as_ = ctx.quantized_activation(a)
             ws = ctx.quantized_array(f"{b}_transposed" if trans_b else b, wt, wp)
-            acc = ctx.fresh(f"{y}_int32")
-            ctx.add_node(
-                "MatMulInteger",
-                [as_.q_name, ws.q_name, as_.zp_name, ws.zp_name],
-                [acc],
-                name=node.name,
-                inserted=False,
-            )
+            acc = matmul_integer(ctx, node, as_, ws)
             flat_bias = bias.reshape(-1) if bias is not None else None
             scaled_integer_output(ctx, acc, as_, wp, (-1,), flat_bias, y)
             return True

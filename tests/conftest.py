@@ -96,3 +96,43 @@ def tiny_model_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_calib() -> np.ndarray:
     return np.random.default_rng(1).uniform(-1, 1, (16, 1, 4, 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def ort_reader():
+    """Factory: ``ort_reader(arrays, batch)``, an onnxruntime.quantization
+    CalibrationDataReader giving ``arrays`` (name -> samples) in batches of ``batch``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, arrays: dict[str, np.ndarray], batch: int) -> None:
+            n = len(next(iter(arrays.values())))
+            self.batches = iter(
+                [{k: v[i : i + batch] for k, v in arrays.items()} for i in range(0, n, batch)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    return Reader
+
+
+@pytest.fixture(scope="session")
+def digits_ort_int8(
+    tmp_path_factory: pytest.TempPathFactory, digits_model_path: Path, digits_calib, ort_reader
+) -> Path:
+    """The shipped model quantized by onnxruntime: QOperator, QInt8/QInt8, symmetric
+    activations, min/max over the calibration split (do not modify: session-scoped)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    out = tmp_path_factory.mktemp("digits_ort") / "digits_int8.onnx"
+    quantize_static(
+        str(digits_model_path),
+        str(out),
+        ort_reader({"input": digits_calib}, 50),
+        quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True},
+    )
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from systolic_sdk import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -58,24 +57,16 @@ def test_dynamic_integer_ops(
 
 
 def test_onnxruntime_reader_and_enums_work_unchanged(
-    digits_model_path, digits_calib, tmp_path, score, fp32_accuracy
+    digits_model_path, digits_calib, ort_reader, tmp_path, score, fp32_accuracy
 ):
     """A script written for onnxruntime (its reader class and enums) runs after an import swap."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(np.split(digits_calib, 8))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input": batch}
+    from onnxruntime.quantization import QuantFormat, QuantType
 
     out = tmp_path / "q.onnx"
     quantize_static(
         str(digits_model_path),
         str(out),
-        Reader(),
+        ort_reader({"input": digits_calib}, len(digits_calib) // 8),
         quant_format=QuantFormat.QOperator,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

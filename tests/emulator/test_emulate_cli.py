@@ -20,32 +20,8 @@ pytest.importorskip("runtime_emulator.kernels.all", reason="emulator kernels not
 
 
 @pytest.fixture(scope="module")
-def qmodel(tmp_path_factory: pytest.TempPathFactory, digits_model_path, digits_calib) -> Path:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": digits_calib[i : i + 100]} for i in (0, 100)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    out = tmp_path_factory.mktemp("cli") / "digits_int8.onnx"
-    quantize_static(
-        str(digits_model_path),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QOperator,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True},
-    )
-    return out
+def qmodel(digits_ort_int8: Path) -> Path:
+    return digits_ort_int8
 
 
 def _ort(model: Path, x: np.ndarray) -> np.ndarray:

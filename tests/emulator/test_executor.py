@@ -366,33 +366,9 @@ def test_systolic_ops_in_both_domains_match_onnxruntime(kernels: None, domain: s
 
 
 @pytest.fixture(scope="module")
-def digits_int8(tmp_path_factory: pytest.TempPathFactory, digits_model_path, digits_calib):
+def digits_int8(digits_ort_int8):
     """The shipped model quantized by onnxruntime: QOperator, QInt8/QInt8, symmetric."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": digits_calib[i : i + 50]} for i in range(0, 200, 50)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    out = tmp_path_factory.mktemp("digits") / "digits_int8.onnx"
-    quantize_static(
-        str(digits_model_path),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QOperator,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True},
-    )
-    return out
+    return digits_ort_int8
 
 
 def test_digits_int8_bit_exact_with_onnxruntime(kernels: None, digits_int8, digits_test) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import helper
 from qtest_helpers import make_model
 
@@ -102,6 +103,20 @@ def single_op(kind: str):
     else:
         raise ValueError(kind)
     return make_model(nodes, x, ["y"], inits)
+
+
+def quantize_minmax(model: onnx.ModelProto, ranges=None, **kw) -> onnx.ModelProto:
+    """quantize_model with ``QuantConfig(**kw)`` and ``ranges``, by default the min/max
+    over :func:`feeds_for` of the tensors the config needs."""
+    from qtest_helpers import minmax_ranges
+
+    from systolic_sdk.quantization import QuantConfig, quantize_model, tensors_to_calibrate
+
+    cfg = QuantConfig(**kw)
+    names = tensors_to_calibrate(model, cfg)
+    if ranges is None and names:
+        ranges = minmax_ranges(model, feeds_for(model), names)
+    return quantize_model(model, cfg, ranges)
 
 
 def feeds_for(model, n: int = 1) -> dict[str, np.ndarray]:

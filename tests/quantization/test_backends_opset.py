@@ -8,7 +8,8 @@ import onnx
 import pytest
 from onnx import helper
 from qtest_graphs import conv, feeds_for
-from qtest_helpers import make_model, minmax_ranges, op_count, run
+from qtest_graphs import quantize_minmax as quantize
+from qtest_helpers import make_model, op_count, run
 
 from systolic_sdk.backends import (
     Backend,
@@ -24,19 +25,11 @@ from systolic_sdk.quantization import (
     QuantConfig,
     QuantType,
     prepare_model,
-    quantize_model,
     tensors_to_calibrate,
 )
 from systolic_sdk.quantization.rules.matmul import MatMulRule
 
 QOP, QDQ, INT = OutputForm.QOPERATOR, OutputForm.QDQ, OutputForm.INTEGER
-
-
-def quantize(model, **kw):
-    cfg = QuantConfig(**kw)
-    feeds = feeds_for(model)
-    names = tensors_to_calibrate(model, cfg)
-    return quantize_model(model, cfg, minmax_ranges(model, feeds, names) if names else None)
 
 
 def conv_pool_gemm(opset: int):

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from qtest_graphs import chain_conv_relu_conv, conv, feeds_for
+from qtest_graphs import quantize_minmax as quantize
 from qtest_helpers import make_model, minmax_ranges, op_count, run
 
 from systolic_sdk.errors import QuantizationError
@@ -22,15 +23,6 @@ from systolic_sdk.quantization import (
 )
 
 QOP, QDQ, INT = OutputForm.QOPERATOR, OutputForm.QDQ, OutputForm.INTEGER
-
-
-def quantize(model, ranges=None, **kw):
-    cfg = QuantConfig(**kw)
-    feeds = feeds_for(model)
-    names = tensors_to_calibrate(model, cfg)
-    if ranges is None and names:
-        ranges = minmax_ranges(model, feeds, names)
-    return quantize_model(model, cfg, ranges)
 
 
 def inits(model) -> dict[str, np.ndarray]:

@@ -6,15 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from qtest_graphs import feeds_for, single_op
-from qtest_helpers import minmax_ranges, op_count, run
+from qtest_graphs import feeds_for, quantize_minmax, single_op
+from qtest_helpers import op_count, run
 
 from systolic_sdk.quantization import (
     OutputForm,
-    QuantConfig,
     QuantType,
-    quantize_model,
-    tensors_to_calibrate,
 )
 
 QOP, QDQ, INT = OutputForm.QOPERATOR, OutputForm.QDQ, OutputForm.INTEGER
@@ -46,11 +43,10 @@ INTEGER_KINDS = {"conv", "conv_depthwise", "matmul_const", "matmul_act", "gemm",
 
 
 def _quantize(model, form, static=True, per_channel=False, act=QuantType.QUInt8, **kw):
-    cfg = QuantConfig(form=form, static=static, per_channel=per_channel, activation_type=act, **kw)
-    feeds = feeds_for(model)
-    names = tensors_to_calibrate(model, cfg)
-    ranges = minmax_ranges(model, feeds, names) if names else None
-    return quantize_model(model, cfg, ranges), feeds
+    q = quantize_minmax(
+        model, form=form, static=static, per_channel=per_channel, activation_type=act, **kw
+    )
+    return q, feeds_for(model)
 
 
 def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:

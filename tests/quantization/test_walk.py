@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 from qtest_graphs import chain_conv_relu_conv, conv, feeds_for
+from qtest_graphs import quantize_minmax as quantize
 from qtest_helpers import make_model, minmax_ranges, op_count, run
 
 import systolic_sdk
@@ -22,13 +23,6 @@ from systolic_sdk.quantization import (
 )
 
 QOP, QDQ, INT = OutputForm.QOPERATOR, OutputForm.QDQ, OutputForm.INTEGER
-
-
-def quantize(model, **kw):
-    cfg = QuantConfig(**kw)
-    feeds = feeds_for(model)
-    names = tensors_to_calibrate(model, cfg)
-    return quantize_model(model, cfg, minmax_ranges(model, feeds, names) if names else None)
 
 
 def test_chain_qoperator_counts():

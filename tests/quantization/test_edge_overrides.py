@@ -50,20 +50,26 @@ def _edges_with(model: onnx.ModelProto, scale: np.float32, zp: np.int8) -> list[
     return list(dict.fromkeys(found))
 
 
+def _quantize(model, calib, form: str, overrides=None) -> onnx.ModelProto:
+    return systolic_sdk.quantize_static(
+        model,
+        None,
+        ArrayReader({"input": calib}, batch_size=50),
+        quant_format=form,
+        activation_type=QuantType.QInt8,
+        extra_options={"TensorQuantOverrides": overrides or {}},
+    )
+
+
 @pytest.fixture(scope="module")
 def reference(digits_model, digits_calib, digits_test):
     """Top-1 classes of the model quantized without overrides, per form."""
-    out = {}
-    for form in ("QDQ", "QOperator"):
-        q = systolic_sdk.quantize_static(
-            digits_model,
-            None,
-            ArrayReader({"input": digits_calib}, batch_size=50),
-            quant_format=form,
-            activation_type=QuantType.QInt8,
+    return {
+        form: run(_quantize(digits_model, digits_calib, form), {"input": digits_test[0]})[0].argmax(
+            1
         )
-        out[form] = run(q, {"input": digits_test[0]})[0].argmax(axis=1)
-    return out
+        for form in ("QDQ", "QOperator")
+    }
 
 
 @pytest.mark.parametrize("form", ["QDQ", "QOperator"])
@@ -74,14 +80,7 @@ def test_override_on_pass_through_output_is_honoured(
     digits_model, digits_calib, digits_test, reference, form: str, tensor: str
 ) -> None:
     overrides = {tensor: [{"scale": SCALE, "zero_point": ZERO_POINT}]}
-    q = systolic_sdk.quantize_static(
-        digits_model,
-        None,
-        ArrayReader({"input": digits_calib}, batch_size=50),
-        quant_format=form,
-        activation_type=QuantType.QInt8,
-        extra_options={"TensorQuantOverrides": overrides},
-    )
+    q = _quantize(digits_model, digits_calib, form, overrides)
     assert _edges_with(q, SCALE, ZERO_POINT), f"no tensor of {form} output has the override"
     # the override's edge holds the op's output: non-negative reals, so int8 >= zp
     probe = onnx.ModelProto()

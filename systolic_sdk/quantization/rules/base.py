@@ -16,6 +16,7 @@ from systolic_sdk.quantization.types import OutputForm
 
 if TYPE_CHECKING:
     from systolic_sdk.quantization.context import RewriteContext
+    from systolic_sdk.quantization.params import QuantParams
     from systolic_sdk.quantization.state import EdgeState
 
 #: The domain of onnxruntime's contrib ops (QLinearAdd, QGemm, QLinearConcat, ...).
@@ -60,6 +61,26 @@ class AccumulatorRule(OpRule):
         if ctx.form != OutputForm.INTEGER:
             names.append(node.output[0])
         return [n for n in names if ctx.is_activation(n)]
+
+    def emit_qdq_form(
+        self,
+        node: onnx.NodeProto,
+        ctx: RewriteContext,
+        xs: EdgeState,
+        ws: EdgeState,
+        bias: str | None,
+        qbias,
+        yp: QuantParams,
+    ) -> None:
+        """The QDQ form: DQ(x), DQ(w) and the bias (int32 with a DequantizeLinear when
+        ``qbias``, else float) into the float op, whose output is quantized with ``yp``."""
+        inputs = [ctx.dequantized(xs), ctx.dequantized(ws)]
+        if qbias is not None:
+            # a 1-D DequantizeLinear bias broadcasts like a [1, N] Gemm C
+            inputs.append(ctx.bias_dequantized(bias, qbias.values, qbias.scale, 0))
+        elif bias is not None:
+            inputs.append(bias)
+        ctx.emit_qdq(node, inputs, [yp])
 
 
 def matmul_integer(ctx: RewriteContext, node: onnx.NodeProto, a: EdgeState, b: EdgeState) -> str:

@@ -85,10 +85,5 @@ class ConvRule(AccumulatorRule):
             )
             ctx.declare_quantized(y, yq, yp, ys, yz)
             return True
-        inputs = [ctx.dequantized(xs), ctx.dequantized(ws)]
-        if qbias is not None:
-            inputs.append(ctx.bias_dequantized(b, qbias.values, qbias.scale, 0))
-        elif b is not None:
-            inputs.append(b)
-        ctx.emit_qdq(node, inputs, [yp])
+        self.emit_qdq_form(node, ctx, xs, ws, b, qbias, yp)
         return True

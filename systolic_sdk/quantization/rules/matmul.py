@@ -162,11 +162,5 @@ class GemmRule(AccumulatorRule):
             )
             ctx.declare_quantized(y, yq, yp, ys, yz)
             return True
-        inputs = [ctx.dequantized(as_), ctx.dequantized(ws)]
-        if qbias is not None:
-            # DequantizeLinear gives [N]; broadcasting it against [M, N] equals a [1, N] C.
-            inputs.append(ctx.bias_dequantized(c, qbias.values, qbias.scale, 0))
-        elif c is not None:
-            inputs.append(c)
-        ctx.emit_qdq(node, inputs, [yp])
+        self.emit_qdq_form(node, ctx, as_, ws, c, qbias, yp)
         return True

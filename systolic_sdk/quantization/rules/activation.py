@@ -48,8 +48,11 @@ class ActivationRule(OpRule):
         if self.bounds(node, ctx) is None:  # the rule will not apply: keep the range
             return
         fixed = ctx.fixed_params(y)
-        if fixed is not None and not fixed.per_channel:
-            ctx.pin_params(x, fixed)  # the producer quantizes straight into the override
+        if fixed is not None:
+            # the producer quantizes straight into the override when it can: one scale,
+            # and the element type the producer's other operands expect
+            if not fixed.per_channel and fixed.qtype == ctx.config.activation_type:
+                ctx.pin_params(x, fixed)
         elif y in ctx.ranges:
             ctx.ranges[x] = ctx.ranges[y]
 

@@ -102,8 +102,8 @@ def _conv_layer(rec: Any, ctx: KernelContext, nhwc: bool) -> LayerVectors:
     y_zp = np.zeros((), y.dtype) if y_zp is None else y_zp.reshape(())
     if np.any(x_zp) or np.any(w_zp) or np.any(y_zp) or x.dtype != np.int8:
         raise VectorError(f"layer '{rec.name}': the array takes int8 with zero points 0")
-    conv_attrs = {k: v for k, v in attrs.items() if k in
-                  ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "group")}  # fmt: skip
+    conv_keys = ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "group")
+    conv_attrs = {k: v for k, v in attrs.items() if k in conv_keys}
     acc = conv_integer_core(x_nchw, x_zp, w_oihw, w_zp, conv_attrs, ctx, bias)
     mult = dp.requant_multiplier(s_x.reshape(()), s_w.reshape(()), s_y.reshape(()))
     relu = bool(attrs.get("relu", 0))
@@ -161,8 +161,8 @@ def _matmul_layer(rec: Any) -> LayerVectors:
 
 def _add_layer(rec: Any) -> LayerVectors:
     node = rec.node
-    a, s_a, _, b, s_b, _, s_c, _ = (rec.inputs.get(n) if n else None
-                                    for n in list(node.input) + [""] * (8 - len(node.input)))  # fmt: skip
+    names = list(node.input) + [""] * (8 - len(node.input))
+    a, s_a, _, b, s_b, _, s_c, _ = (rec.inputs.get(n) if n else None for n in names)
     y = rec.outputs[node.output[0]]
     attrs = {a_.name: onnx.helper.get_attribute_value(a_) for a_ in node.attribute}
     relu = bool(attrs.get("relu", 0))

@@ -136,3 +136,23 @@ def digits_ort_int8(
         extra_options={"ActivationSymmetric": True},
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_accuracy(digits_test):
+    """Factory: ``digits_accuracy(model)``, the top-1 accuracy (0..1) on the shipped test
+    split of a model (ModelProto or path) run in onnxruntime on CPU, in batches."""
+    import onnxruntime as ort
+
+    x, labels = digits_test
+
+    def accuracy(model: onnx.ModelProto | str | Path, batch: int = 250) -> float:
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        classes = np.concatenate(
+            [sess.run(None, {name: x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
+        )
+        return float(np.mean(classes == labels))
+
+    return accuracy

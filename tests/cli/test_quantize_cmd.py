@@ -6,19 +6,11 @@ import json
 import shutil
 from collections import Counter
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 from systolic_sdk.cli.quantize_cmd import quantize_command
-
-
-def _accuracy(path, digits_test) -> float:
-    x, labels = digits_test
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == labels))
 
 
 def _ok(runner, args):
@@ -36,7 +28,7 @@ def _ok(runner, args):
     ],
     ids=["qdq", "qoperator-per-channel-uint8", "integer-static"],
 )
-def test_static_formats(runner, tmp_path, digits_dir, digits_test, extra):
+def test_static_formats(runner, tmp_path, digits_dir, digits_accuracy, extra):
     out = tmp_path / "q.onnx"
     res = _ok(
         runner,
@@ -51,8 +43,8 @@ def test_static_formats(runner, tmp_path, digits_dir, digits_test, extra):
     )
     assert f"wrote {out}" in res.output
     onnx.checker.check_model(str(out), full_check=True)
-    fp32 = _accuracy(digits_dir / "model.onnx", digits_test)
-    assert abs(_accuracy(out, digits_test) - fp32) <= 0.01
+    fp32 = digits_accuracy(digits_dir / "model.onnx")
+    assert abs(digits_accuracy(out) - fp32) <= 0.01
     assert [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
 
 

@@ -5,41 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
 from systolic_sdk.calibration import ArrayReader
 
-BATCH = 250
 TOLERANCE = 0.01  # one accuracy point
 
 
-def predict(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    """Predicted classes from stock onnxruntime (CPU), in batches."""
-    src = str(model) if isinstance(model, Path) else model.SerializeToString()
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate(
-        [sess.run(None, {name: x[i : i + BATCH]})[0].argmax(1) for i in range(0, len(x), BATCH)]
-    )
+@pytest.fixture(scope="session")
+def fp32_accuracy(digits_model_path, digits_accuracy) -> float:
+    return digits_accuracy(digits_model_path)
 
 
 @pytest.fixture(scope="session")
-def fp32_accuracy(digits_model_path, digits_test) -> float:
-    x, labels = digits_test
-    return float(np.mean(predict(digits_model_path, x) == labels))
-
-
-@pytest.fixture(scope="session")
-def score(digits_test) -> Callable[[onnx.ModelProto | Path], float]:
-    x, labels = digits_test
-
-    def _score(model: onnx.ModelProto | Path) -> float:
-        return float(np.mean(predict(model, x) == labels))
-
-    return _score
+def score(digits_accuracy) -> Callable[[onnx.ModelProto | Path], float]:
+    """Accuracy (0..1) on the shipped test split, in onnxruntime."""
+    return digits_accuracy
 
 
 @pytest.fixture

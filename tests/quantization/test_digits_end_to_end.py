@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import onnx
 import pytest
-from qtest_helpers import minmax_ranges, run
+from qtest_helpers import minmax_ranges
 
 from systolic_sdk.quantization import (
     OutputForm,
@@ -31,10 +30,6 @@ CONFIGS = [
 ]
 
 
-def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
-    return float((run(model, {"input": x})[0].argmax(axis=1) == labels).mean() * 100)
-
-
 @pytest.fixture(scope="module")
 def digits_ranges(digits_model, digits_calib):
     """Global min/max over the calibration split of every tensor any form may need."""
@@ -43,8 +38,8 @@ def digits_ranges(digits_model, digits_calib):
 
 
 @pytest.fixture(scope="module")
-def fp32_accuracy(digits_model, digits_test):
-    return _accuracy(digits_model, *digits_test)
+def fp32_accuracy(digits_model, digits_accuracy):
+    return 100 * digits_accuracy(digits_model)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +51,7 @@ def fp32_accuracy(digits_model, digits_test):
     ],
 )
 def test_digits_every_form(
-    form, static, per_channel, act, digits_model, digits_ranges, digits_test, fp32_accuracy
+    form, static, per_channel, act, digits_model, digits_ranges, digits_accuracy, fp32_accuracy
 ):
     cfg = QuantConfig(form=form, static=static, per_channel=per_channel, activation_type=act)
     needed = tensors_to_calibrate(digits_model, cfg)
@@ -82,11 +77,11 @@ def test_digits_every_form(
     }
     if static:
         assert zp_types == {act.onnx_type}
-    accuracy = _accuracy(q, *digits_test)
+    accuracy = 100 * digits_accuracy(q)
     assert abs(accuracy - fp32_accuracy) <= 1.0, (accuracy, fp32_accuracy)
 
 
-def test_digits_with_sdk_calibration(digits_model, digits_calib, digits_test, fp32_accuracy):
+def test_digits_with_sdk_calibration(digits_model, digits_calib, digits_accuracy, fp32_accuracy):
     """Ranges from systolic_sdk.calibration.calibrate over exactly the listed tensors."""
     from systolic_sdk.calibration import calibrate
     from systolic_sdk.calibration.reader import ArrayReader
@@ -96,4 +91,4 @@ def test_digits_with_sdk_calibration(digits_model, digits_calib, digits_test, fp
     ranges = calibrate(digits_model, ArrayReader({"input": digits_calib}, batch_size=50), names)
     assert set(ranges) == set(names)
     q = quantize_model(digits_model, cfg, ranges)
-    assert abs(_accuracy(q, *digits_test) - fp32_accuracy) <= 1.0
+    assert abs(100 * digits_accuracy(q) - fp32_accuracy) <= 1.0

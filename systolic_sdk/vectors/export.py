@@ -40,10 +40,10 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
     parts = text.split(",") if isinstance(text, str) else list(text)
     names = [p.strip().lower() for p in parts if p.strip()]
     unknown = [n for n in names if n not in FORMATS]
-    if unknown or not names:
-        raise VectorError(
-            f"unknown format '{unknown[0] if unknown else text}' (choose from {', '.join(FORMATS)})"
-        )
+    if unknown:
+        raise VectorError(f"unknown format '{unknown[0]}' (choose from {', '.join(FORMATS)})")
+    if not names:
+        raise VectorError(f"no format given (choose from {', '.join(FORMATS)})")
     return [f for f in FORMATS if f in names]
 
 
@@ -64,8 +64,10 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise VectorError(f"{out.parent}: no such folder")
 
 
-def _load_feeds(data: str | os.PathLike[str], input_names: list[str], samples: int) -> dict:
-    sets = load_input_sets(data, input_names)
+def _load_feeds(
+    data: str | os.PathLike[str], input_names: list[str], output_names: list[str], samples: int
+) -> dict:
+    sets = load_input_sets(data, input_names, output_names)
     feeds: dict[str, np.ndarray] = {}
     for name in input_names:
         arrays = [np.asarray(s.feeds[name]) for s in sets]
@@ -123,7 +125,8 @@ def export_vectors(
     check_systolic(model, str(model_path))
     init = {t.name for t in model.graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in init]
-    feeds = _load_feeds(data, input_names, samples)
+    output_names = [o.name for o in model.graph.output]
+    feeds = _load_feeds(data, input_names, output_names, samples)
     layers, graph_outputs = extract_layers(model, feeds)
     model_sha = sha256_hex(model_bytes if model_bytes is not None else model.SerializeToString())
     n = int(next(iter(feeds.values())).shape[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -95,3 +96,19 @@ def test_c_header_scalars_are_exact(exported: tuple[Path, dict]) -> None:
             assert lit and bits, name
             assert float.fromhex(lit.group(1)) == s["float"]
             assert bits.group(1) == s["bits"]
+
+
+def test_onnx_test_data_folder(systolic_digits: Path, digits_dir: Path, tmp_path: Path) -> None:
+    """An ONNX test-data folder is accepted; its one sample is exported."""
+    from click.testing import CliRunner
+
+    from systolic_sdk.cli.vectors_cmd import export_vectors
+
+    out = tmp_path / "v"
+    args = [str(systolic_digits), "--data", str(digits_dir / "test_data_set_0"), "-o", str(out),
+            "--format", "npy", "--samples", "4", "-q"]  # fmt: skip
+    result = CliRunner().invoke(export_vectors, args)
+    assert result.exit_code == 0 and result.output == "", result.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["samples"] == 1
+    assert np.load(out / man["layers"][0]["files"][0]["path"]).shape[0] == 1

@@ -98,8 +98,9 @@ def quantize_static(
     :func:`systolic_sdk.calibration.table.read_table` reads (onnxruntime's JSON cache,
     ``{tensor: [rmin, rmax]}``, text, FlatBuffers), read when it exists (no calibration
     run), else written after calibrating (onnxruntime's JSON form, full precision).
-    ``model_output`` None writes nothing. ``use_external_data_format`` is accepted; models are written inline
-    (models above 2 GiB are refused). Returns the quantized model.
+    ``model_output`` None writes nothing. ``use_external_data_format`` is accepted;
+    models are written inline (models above 2 GiB are refused). Returns the quantized
+    model.
     """
     out = _check_output(model_output, model_input)
     model = load_model(model_input)

@@ -22,6 +22,8 @@ from systolic_sdk.errors import SdkError
 LAYER_OPS = (*ACCEL_OPS, "QLinearAdd")
 #: Order of the K axis of a conv's im2col weight matrix (slowest first).
 IM2COL_K_ORDER = ("c", "kh", "kw")
+#: The same for QLinearConv_nhwc (HWIO weights, NHWC activations).
+NHWC_K_ORDER = ("kh", "kw", "c")
 
 
 class VectorError(SdkError):
@@ -83,6 +85,15 @@ def im2col_weights(w: np.ndarray, group: int) -> np.ndarray:
     return mat[0] if group == 1 else mat
 
 
+def hwio_weights(w: np.ndarray, group: int) -> np.ndarray:
+    """An HWIO weight tensor (QLinearConv_nhwc) as the array's GEMM operand: ``[K, J]``
+    (``[group, K, J]`` when grouped), ``K = kh * kw * C/group`` ordered (kh, kw, c)."""
+    kh, kw, cg, m = w.shape
+    mat = w.reshape(kh * kw * cg, group, m // group).transpose(1, 0, 2)
+    mat = np.ascontiguousarray(mat)
+    return mat[0] if group == 1 else mat
+
+
 def _conv_layer(rec: Any, ctx: KernelContext, nhwc: bool) -> LayerVectors:
     node = rec.node
     names = list(node.input) + [""] * (9 - len(node.input))
@@ -114,23 +125,26 @@ def _conv_layer(rec: Any, ctx: KernelContext, nhwc: bool) -> LayerVectors:
     if bias is None:
         bias = np.zeros(w_oihw.shape[0], np.int32)
     lv = LayerVectors(rec.index, rec.name, rec.op_type, _attributes(node), relu=relu)
+    order = NHWC_K_ORDER if nhwc else IM2COL_K_ORDER
+    original = "weights_hwio" if nhwc else "weights_oihw"
     lv.arrays = {
         "input": x,
-        "weights": im2col_weights(w_oihw, group),
-        "weights_oihw": np.ascontiguousarray(w_oihw),
+        "weights": hwio_weights(w, group) if nhwc else im2col_weights(w_oihw, group),
+        original: np.ascontiguousarray(w),
         "bias": np.asarray(bias, np.int32),
         "acc": acc,
         "output": y,
     }
+    act = "NHWC" if nhwc else "NCHW"
     lv.layouts = {
-        "input": "NHWC" if nhwc else "NCHW",
+        "input": act,
         "weights": ("K x J" if group == 1 else "G x K x J")
-        + f", K = C/group*kh*kw ordered ({', '.join(IM2COL_K_ORDER)}), kw fastest; "
+        + f", K = C/group*kh*kw ordered ({', '.join(order)}), {order[-1]} fastest; "
         "J = output channels of the group",
-        "weights_oihw": "OIHW (the ONNX QLinearConv weight)",
+        original: "HWIO (the QLinearConv_nhwc weight)" if nhwc else "OIHW (the ONNX weight)",
         "bias": "per output channel",
-        "acc": "NHWC" if nhwc else "NCHW",
-        "output": "NHWC" if nhwc else "NCHW",
+        "acc": act,
+        "output": act,
     }
     lv.scalars = {"multiplier": _scalar(mult), "x_scale": _scalar(s_x), "w_scale": _scalar(s_w),
                   "y_scale": _scalar(s_y)}  # fmt: skip

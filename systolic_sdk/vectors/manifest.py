@@ -10,7 +10,7 @@ import numpy as np
 
 import systolic_sdk
 from runtime_emulator.array import ArrayConfig
-from systolic_sdk.vectors.extract import IM2COL_K_ORDER, LayerVectors
+from systolic_sdk.vectors.extract import IM2COL_K_ORDER, NHWC_K_ORDER, LayerVectors
 from systolic_sdk.vectors.writers import f32_bits
 
 MANIFEST_NAME = "manifest.json"
@@ -64,8 +64,9 @@ def manifest(
         "array": {**dataclasses.asdict(cfg), "DIM": cfg.dim},
         "conventions": {
             "conv_weights": "im2col GEMM operand K x J (G x K x J when grouped), "
-            f"K = C/group*kh*kw ordered ({', '.join(IM2COL_K_ORDER)}) slowest first, "
-            "J = output channels; weights_oihw keeps the ONNX tensor",
+            f"K = C/group*kh*kw ordered ({', '.join(IM2COL_K_ORDER)}) slowest first for "
+            f"QLinearConv (NCHW), ({', '.join(NHWC_K_ORDER)}) for QLinearConv_nhwc, "
+            "J = output channels; weights_oihw / weights_hwio keep the graph's tensor",
             "acc": "int32 accumulator wrap32(bias + sum x*w) before scaling",
             "multiplier": "M = f32(f32(x_scale * w_scale) / y_scale); "
             "output = sat8(rne(f32(f32(acc) * M))), then ReLU when relu",

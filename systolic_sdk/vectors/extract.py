@@ -183,9 +183,20 @@ def _add_layer(rec: Any) -> LayerVectors:
     got = dp.qlinear_add_systolic(a, s_a.reshape(()), b, s_b.reshape(()), s_c.reshape(()), relu)
     _check_same(rec.name, "the Systolic QLinearAdd", got, y)
     lv = LayerVectors(rec.index, rec.name, rec.op_type, _attributes(node), relu=relu)
-    lv.arrays = {"a": a, "b": b, "output": y}
+    a2 = dp.rescale_saturate(a, s_a.reshape(()), s_c.reshape(()))
+    b2 = dp.rescale_saturate(b, s_b.reshape(()), s_c.reshape(()))
+    lv.arrays = {"a": a, "b": b, "a_rescaled": a2, "b_rescaled": b2, "output": y}
     lv.layouts = dict.fromkeys(lv.arrays, "as in the graph")
-    lv.scalars = {"a_scale": _scalar(s_a), "b_scale": _scalar(s_b), "c_scale": _scalar(s_c)}
+    lv.layouts["a_rescaled"] = "sat8(rne(f32(f32(a) * a_multiplier))), before the add"
+    lv.layouts["b_rescaled"] = "sat8(rne(f32(f32(b) * b_multiplier))), before the add"
+    f32 = np.float32
+    lv.scalars = {
+        "a_scale": _scalar(s_a),
+        "b_scale": _scalar(s_b),
+        "c_scale": _scalar(s_c),
+        "a_multiplier": _scalar(np.divide(f32(s_a.reshape(())), f32(s_c.reshape(())), dtype=f32)),
+        "b_multiplier": _scalar(np.divide(f32(s_b.reshape(())), f32(s_c.reshape(())), dtype=f32)),
+    }
     return lv
 
 

@@ -69,6 +69,14 @@ def test_every_layer_reproduces_exactly(exported: tuple[Path, dict], export_samp
             ins = [v["a"], v["a_scale"], None, v["b"], v["b_scale"], None, v["c_scale"], None]
             (y,) = kernel(ins, attrs, ctx)
             assert y.dtype == np.int8 and np.array_equal(y, v["output"]), layer["name"]
+            for side in ("a", "b"):
+                ratio = np.divide(v[f"{side}_scale"], v["c_scale"], dtype=np.float32)
+                assert ratio.tobytes() == v[f"{side}_multiplier"].tobytes()
+                again = dp.rescale_saturate(v[side], v[f"{side}_scale"], v["c_scale"])
+                assert np.array_equal(again, v[f"{side}_rescaled"])
+            total = v["a_rescaled"].astype(np.int16) + v["b_rescaled"]
+            low = 0 if attrs.get("relu") else -128
+            assert np.array_equal(np.clip(total, low, 127), v["output"])
             continue
         ins = [v["input"], v["x_scale"], None, v["weights_oihw"], v["w_scale"], None,
                v["y_scale"], None, v["bias"]]  # fmt: skip

@@ -71,7 +71,10 @@ def manifest(
             "multiplier": "M = f32(f32(x_scale * w_scale) / y_scale); "
             "output = sat8(rne(f32(f32(acc) * M))), then ReLU when relu",
             "hex": "one element per line, C order, two's complement, 2 hex digits for int8, "
-            "8 for int32 ($readmemh)",
+            "8 for int32 and for a float32 scalar's bit pattern ($readmemh)",
+            "index": "a layer's node position in execution order; L<index>_ prefixes its "
+            "names in the C header",
+            "files": "layers/<index>_<name>/<tensor>.<format>; graph outputs in graph_outputs/",
         },
         "layers": layers,
         "graph_outputs": outputs,

@@ -47,9 +47,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     base = path.resolve().parent
-    external = [
-        t for t in _all_tensors(model) if uses_external_data(t)
-    ]
+    external = [t for t in _all_tensors(model) if uses_external_data(t)]
     if not external:
         return
     for tensor in external:

@@ -114,12 +114,18 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def classify_element(acc: int, multiplier: float, zero_point: int = 0) -> str:
+def classify_element(
+    acc: int, multiplier: float, zero_point: int = 0, *, relu: bool = False
+) -> str:
     """Why an int8 requantized element ``sat8(rne(f32(f32(acc) * M)) + zp)`` may differ
-    from another implementation: a large accumulator, saturation, a tie, or unexplained."""
+    from another implementation: a large accumulator, saturation, a tie, or unexplained.
+    With a fused ``relu``, an element at or below the zero point is 0 whatever the
+    rounding, so none of these can explain it."""
+    v = float(dp.scale_accumulator(np.array(int(acc)), np.array(multiplier, F32)))
+    if relu and v + int(zero_point) <= 0:
+        return UNEXPLAINED
     if abs(int(acc)) > 2**24:
         return LARGE_ACC
-    v = float(dp.scale_accumulator(np.array(int(acc)), np.array(multiplier, F32)))
     if not math.isfinite(v) or not -128 <= round(v) + int(zero_point) <= 127:
         return SATURATION
     if v - math.floor(v) == 0.5:
@@ -205,7 +211,7 @@ def _pool_padding_hits(
     ps = list(attrs.get("pool_strides") or [1, 1])
     pp = list(attrs.get("pool_pads") or [0, 0, 0, 0])
     for d in range(2):
-        start = idx[1 + d] * ps[d] - pp[d]
+        start = idx[1 + d] * ps[d] - pp[0]  # the accelerator pads pool_pads[0] all round
         if start < 0 or start + pk[d] > out[d]:
             return True
     return False
@@ -225,7 +231,11 @@ def _classify_tensor(
         if parts is None:
             return [UNEXPLAINED] * len(diff_idx)
         acc, m, zy, _ = parts
-        return [classify_element(int(acc[tuple(i)]), float(m[tuple(i)]), zy) for i in diff_idx]
+        relu = bool(int(_attrs(node).get("relu", 0)))
+        return [
+            classify_element(int(acc[tuple(i)]), float(m[tuple(i)]), zy, relu=relu)
+            for i in diff_idx
+        ]
     if node.op_type == "QLinearAdd":
         return [_classify_add(node, env, tuple(map(int, i))) for i in diff_idx]
     return [UNEXPLAINED] * len(diff_idx)

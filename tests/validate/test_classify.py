@@ -1,0 +1,59 @@
+"""The cause classifier on hand-built accumulators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime_emulator import datapath as dp
+from runtime_emulator.validate import (
+    LARGE_ACC,
+    SATURATION,
+    TIE,
+    UNEXPLAINED,
+    classify_element,
+    sqnr_db,
+)
+
+
+def test_tie() -> None:
+    m = float(dp.requant_multiplier(0.5, 1.0, 1.0))
+    assert float(dp.scale_accumulator(np.array(5), m)) == 2.5
+    assert classify_element(5, m) == TIE
+    assert classify_element(-7, m) == TIE
+
+
+def test_saturation() -> None:
+    assert classify_element(1000, 0.5) == SATURATION
+    assert classify_element(-1000, 0.5) == SATURATION
+    # The zero point moves the bound: 120 + 10 > 127.
+    assert classify_element(240, 0.5, 10) == SATURATION
+    assert classify_element(240, 0.5) == UNEXPLAINED
+
+
+def test_large_accumulator() -> None:
+    acc = 2**24 + 1
+    assert classify_element(acc, 1e-6) == LARGE_ACC
+    assert classify_element(-acc, 1e-6) == LARGE_ACC
+    assert classify_element(2**24 - 1, 1e-6) != LARGE_ACC
+
+
+def test_relu_hides_negative_causes() -> None:
+    assert classify_element(-5, 0.5) == TIE
+    assert classify_element(-5, 0.5, relu=True) == UNEXPLAINED
+    assert classify_element(-1000, 0.5, relu=True) == UNEXPLAINED
+    assert classify_element(5, 0.5, relu=True) == TIE
+
+
+def test_unexplained() -> None:
+    assert classify_element(7, 0.3) == UNEXPLAINED
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sqnr(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal(1000).astype(np.float32)
+    noise = (0.1 * rng.standard_normal(1000)).astype(np.float32)
+    expected = 10 * np.log10(np.sum(ref.astype(float) ** 2) / np.sum(noise.astype(float) ** 2))
+    assert sqnr_db(ref, ref + noise) == pytest.approx(expected, rel=1e-4)
+    assert sqnr_db(ref, ref) == float("inf")

@@ -7,6 +7,18 @@ shapes, the accelerator's rounding), com.systolic QLinearRelu (when it could not
 fused), int8 MaxPool/Reshape/Flatten/Transpose on the host, everything else float.
 Models run in ``runtime_emulator`` with target "systolic"; ``lowering`` gives the
 standard-ONNX equivalent for stock onnxruntime.
+
+``QuantConfig.extra_options`` keys of this backend:
+
+- ``"SystolicLayout"``: ``"nchw"`` (default) or ``"nhwc"``: QLinearConv becomes
+  QLinearConv_nhwc (HWIO weights, an eligible MaxPool fused), Transpose nodes only at
+  NCHW boundaries (spec section 6; :func:`layout.to_nhwc`).
+- ``"SystolicOpsDomain"``: ``"com.systolic"`` (default: QLinearRelu and QLinearConv_nhwc
+  in the SDK's domain, with schemas so onnx.checker accepts the model) or
+  ``"gemmini-ort"`` (the default ONNX domain, as the Gemmini fork of onnxruntime
+  registers them; onnx.checker is then skipped, as it rejects such ops).
+
+The options are recorded in the model's metadata (``systolic_sdk.systolic.*``).
 """
 
 from __future__ import annotations
@@ -17,11 +29,17 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from runtime_emulator.kernels import SYSTOLIC_DOMAIN
 from systolic_sdk.backends.base import Backend, adapt
 from systolic_sdk.backends.systolic import params
+from systolic_sdk.backends.systolic.layout import (
+    GEMMINI_ORT_DOMAIN,
+    SYSTOLIC_OPS,
+    to_nhwc,
+)
 from systolic_sdk.backends.systolic.lowering import lower_systolic
-from systolic_sdk.backends.systolic.passes import fuse_relu, narrow_ranges
-from systolic_sdk.backends.systolic.rules import systolic_rules
+from systolic_sdk.backends.systolic.passes import fuse_relu, narrow_ranges, sync_domains
+from systolic_sdk.backends.systolic.rules import OPTION_METADATA, systolic_rules
 from systolic_sdk.backends.systolic.schemas import register_schemas
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.quantization.config import QuantConfig
@@ -33,6 +51,7 @@ ZERO_POINT_INPUTS = {
     "QuantizeLinear": (2,),
     "DequantizeLinear": (2,),
     "QLinearConv": (2, 5, 7),
+    "QLinearConv_nhwc": (2, 5, 7),
     "QLinearMatMul": (2, 5, 7),
     "QLinearAdd": (2, 5, 7),
     "QLinearAveragePool": (2, 4),
@@ -40,9 +59,24 @@ ZERO_POINT_INPUTS = {
 }
 
 
+LAYOUTS = ("nchw", "nhwc")
+OPS_DOMAINS = {"com.systolic": SYSTOLIC_DOMAIN, "gemmini-ort": GEMMINI_ORT_DOMAIN}
+
+
 def systolic_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
     """Refuse what the accelerator cannot do; adapt the rest (or refuse under strict)."""
     cfg = config
+    layout = str(cfg.extra_options.get("SystolicLayout", "nchw")).lower()
+    if layout not in LAYOUTS:
+        raise QuantizationError(
+            f"extra option SystolicLayout: expected one of {', '.join(LAYOUTS)}, got '{layout}'"
+        )
+    domain = str(cfg.extra_options.get("SystolicOpsDomain", "com.systolic")).lower()
+    if domain not in OPS_DOMAINS:
+        raise QuantizationError(
+            f"extra option SystolicOpsDomain: expected one of {', '.join(OPS_DOMAINS)}, "
+            f"got '{domain}'"
+        )
     for what, qtype in (("activations", cfg.activation_type), ("weights", cfg.weight_type)):
         if qtype != QuantType.QInt8:
             raise QuantizationError(
@@ -94,6 +128,23 @@ def systolic_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
     return dataclasses.replace(cfg, symmetric_activations=True, symmetric_weights=True)
 
 
+def apply_options(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Post pass: the layout and op flavour recorded in the model's metadata."""
+    props = {p.key: p.value for p in model.metadata_props}
+    layout = props.get(OPTION_METADATA["SystolicLayout"], "nchw")
+    domain = OPS_DOMAINS[props.get(OPTION_METADATA["SystolicOpsDomain"], "com.systolic")]
+    if layout == "nhwc":
+        return to_nhwc(model, domain)
+    if domain == SYSTOLIC_DOMAIN:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for n in out.graph.node:
+        if n.domain == SYSTOLIC_DOMAIN and n.op_type in SYSTOLIC_OPS:
+            n.domain = domain
+    return sync_domains(out)
+
+
 def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``model`` in the bit-exact emulator (target "systolic"); outputs in graph order."""
     import runtime_emulator
@@ -126,6 +177,8 @@ def check_systolic_graph(model: onnx.ModelProto) -> None:
                     raise QuantizationError(
                         f"node '{node.name}': scale '{scale_name}' is not per tensor"
                     )
+    if any(n.domain == GEMMINI_ORT_DOMAIN and n.op_type in SYSTOLIC_OPS for n in model.graph.node):
+        return  # the Gemmini fork's default-domain ops: stock onnx.checker rejects them
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     for node in stripped.graph.node:
@@ -155,7 +208,7 @@ SYSTOLIC_BACKEND = Backend(
     default_symmetric_activations=True,
     check_standard_onnx=False,
     range_passes=(narrow_ranges,),
-    post_passes=(fuse_relu,),
+    post_passes=(fuse_relu, apply_options),
     activation_params=params.activation_params,
     weight_params=params.weight_params,
     quantize_weight=params.quantize_weight,
@@ -177,6 +230,8 @@ _register()
 
 __all__ = [
     "SYSTOLIC_BACKEND",
+    "apply_options",
+    "to_nhwc",
     "check_systolic_graph",
     "lower_systolic",
     "run_systolic",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from runtime_emulator import datapath as dp
 from runtime_emulator.executor import Executor, topological_order
@@ -146,7 +146,10 @@ def _requant_inputs(
 ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
     """(int64 accumulator with bias, multiplier per element, y zero point, channel axis)
     for a QLinearConv / QLinearConv_nhwc / QLinearMatMul node, or None."""
-    ins = [env.get(n) if n else None for n in node.input]
+    ins = [env.get(n) if n else None for n in node.input] + [None] * 9
+    for i in (2, 5, 7):  # an omitted zero point is 0
+        if ins[i] is None and (i >= len(node.input) or not node.input[i]):
+            ins[i] = np.zeros((), np.int64)
     if any(v is None for v in ins[:8]):
         return None
     x, sx, zx, w, sw, zw, sy, zy = ins[:8]
@@ -179,7 +182,7 @@ def _requant_inputs(
             dilations=dilations,
             group=int(attrs.get("group", 1)),
         )
-        if len(ins) > 8 and ins[8] is not None:
+        if ins[8] is not None:
             acc = acc + np.asarray(ins[8], np.int64).reshape(1, -1, *([1] * (acc.ndim - 2)))
         if nhwc:
             acc = acc.transpose(0, 2, 3, 1)
@@ -321,12 +324,14 @@ def validate(
     order = topological_order(quant_model.graph)
     out_names = [o.name for o in quant_model.graph.output]
     graph_inputs = {i.name for i in quant_model.graph.input}
+    consts = {t.name: numpy_helper.to_array(t) for t in quant_model.graph.initializer}
+    graph_inputs |= set(consts)
 
     tensors: dict[str, TensorComparison] = {}
     outputs_q: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
     outputs_f: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
     for k, feeds in enumerate(feeds_list):
-        emu = executor.run(feeds, trace=True)
+        emu = {**consts, **executor.run(feeds, trace=True)}
         low = _ort_run(lowered_all, feeds)
         diverged: set[str] = set()
         for node in order:

@@ -166,3 +166,22 @@ def test_cli_bad_input_exit_2(quantized: Path, tmp_path: Path, change, message) 
 def test_cli_help_has_an_example() -> None:
     res = CliRunner().invoke(validate_command, ["--help"])
     assert res.exit_code == 0 and "Example" in res.output and "--fp32" in res.output
+
+
+def test_classifier_recomputes_every_conv_exactly(quantized: Path, feeds) -> None:
+    """The accumulators the classifier reasons about reproduce the emulator's outputs."""
+    from runtime_emulator import Executor
+    from runtime_emulator import datapath as dp
+    from runtime_emulator.validate import _requant_inputs
+
+    q = onnx.load(str(quantized))
+    env = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    env.update(Executor(q, target="systolic").run(feeds[0], trace=True))
+    convs = [n for n in q.graph.node if n.op_type == "QLinearConv"]
+    assert convs
+    for node in convs:
+        acc, m, zy, _ = _requant_inputs(node, env)
+        y = dp.sat8(dp.rne(dp.scale_accumulator(acc, m)) + zy)
+        if any(a.name == "relu" and a.i for a in node.attribute):
+            y = np.maximum(y, 0)
+        np.testing.assert_array_equal(y, env[node.output[0]], err_msg=node.name)

@@ -245,17 +245,24 @@ def _classify_tensor(
 
 
 def _classify_add(node: onnx.NodeProto, env: Mapping[str, np.ndarray], idx: tuple) -> str:
-    ins = [env.get(n) if n else None for n in node.input]
-    if any(v is None for v in ins[:8]):
+    """A cause for one differing element of a QLinearAdd (the accelerator's rule: each
+    input rescaled with sat8(rne(f32(q) * f32(s / s_c))), then summed and saturated)."""
+    ins = [env.get(n) if n else None for n in node.input] + [None] * 8
+    if any(ins[i] is None for i in (0, 1, 3, 4, 6)):
         return UNEXPLAINED
-    a, sa, _, b, sb, _, sc, zc = ins[:8]
+    a, sa, _, b, sb, _, sc = ins[:7]
     shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    relu = bool(int(_attrs(node).get("relu", 0)))
+    total = 0
     for v, s in ((a, sa), (b, sb)):
         x = int(np.broadcast_to(v, shape)[idx])
         m = np.divide(np.asarray(s, F32), np.asarray(sc, F32), dtype=F32)
         cause = classify_element(x, float(_vec(m)[0]))
         if cause != UNEXPLAINED:
             return cause
+        total += int(dp.rescale_saturate(np.array([x]), s, sc)[0])
+    if not -128 <= total <= 127 and not (relu and total < 0):
+        return SATURATION
     return UNEXPLAINED
 
 

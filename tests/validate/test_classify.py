@@ -57,3 +57,28 @@ def test_sqnr(seed: int) -> None:
     expected = 10 * np.log10(np.sum(ref.astype(float) ** 2) / np.sum(noise.astype(float) ** 2))
     assert sqnr_db(ref, ref + noise) == pytest.approx(expected, rel=1e-4)
     assert sqnr_db(ref, ref) == float("inf")
+
+
+def _add_node(a: int, b: int, s_a: float, s_b: float, s_c: float):
+    from onnx import helper
+
+    node = helper.make_node(
+        "QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["c"], domain="com.microsoft"
+    )
+    f = np.float32
+    env = {
+        "a": np.array([a], np.int8), "sa": np.array(s_a, f), "za": np.array(0, np.int8),
+        "b": np.array([b], np.int8), "sb": np.array(s_b, f), "zb": np.array(0, np.int8),
+        "sc": np.array(s_c, f), "zc": np.array(0, np.int8),
+    }  # fmt: skip
+    return node, env
+
+
+def test_qlinear_add_causes() -> None:
+    from runtime_emulator.validate import _classify_add
+
+    # 5 * 0.5 = 2.5 exactly: a tie on the first input's rescale.
+    assert _classify_add(*_add_node(5, 2, 0.5, 1.0, 1.0), (0,)) == TIE
+    # 100 + 100: each rescale fits, the sum saturates.
+    assert _classify_add(*_add_node(100, 100, 1.0, 1.0, 1.0), (0,)) == SATURATION
+    assert _classify_add(*_add_node(3, 4, 1.0, 1.0, 1.0), (0,)) == UNEXPLAINED

@@ -114,23 +114,34 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def classify_requant(
+    acc: np.ndarray, multiplier: np.ndarray, zero_point: int = 0, *, relu: bool = False
+) -> list[str]:
+    """:func:`classify_element` for arrays of accumulators and multipliers (same shape)."""
+    acc = np.asarray(acc, np.int64).reshape(-1)
+    v = dp.scale_accumulator(acc, np.asarray(multiplier, F32).reshape(-1)).astype(np.float64)
+    zp = int(zero_point)
+    causes = np.full(acc.shape, UNEXPLAINED, dtype=object)
+    with np.errstate(invalid="ignore"):
+        r = dp.rne(v) + zp
+        tie = np.isfinite(v) & (v - np.floor(v) == 0.5)
+        sat = ~np.isfinite(v) | (r < -128) | (r > 127)
+    causes[tie] = TIE
+    causes[sat] = SATURATION
+    causes[np.abs(acc) > 2**24] = LARGE_ACC
+    if relu:
+        causes[v + zp <= 0] = UNEXPLAINED
+    return [str(c) for c in causes]
+
+
 def classify_element(
     acc: int, multiplier: float, zero_point: int = 0, *, relu: bool = False
 ) -> str:
     """Why an int8 requantized element ``sat8(rne(f32(f32(acc) * M)) + zp)`` may differ
-    from another implementation: a large accumulator, saturation, a tie, or unexplained.
-    With a fused ``relu``, an element at or below the zero point is 0 whatever the
-    rounding, so none of these can explain it."""
-    v = float(dp.scale_accumulator(np.array(int(acc)), np.array(multiplier, F32)))
-    if relu and v + int(zero_point) <= 0:
-        return UNEXPLAINED
-    if abs(int(acc)) > 2**24:
-        return LARGE_ACC
-    if not math.isfinite(v) or not -128 <= round(v) + int(zero_point) <= 127:
-        return SATURATION
-    if v - math.floor(v) == 0.5:
-        return TIE
-    return UNEXPLAINED
+    from another implementation: a float32 conversion of an accumulator beyond 2**24,
+    saturation, an exact tie, or unexplained. With a fused ``relu``, an element at or
+    below the zero point is 0 whatever the rounding, so none of these can explain it."""
+    return classify_requant(np.array([acc]), np.array([multiplier]), zero_point, relu=relu)[0]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -235,10 +246,8 @@ def _classify_tensor(
             return [UNEXPLAINED] * len(diff_idx)
         acc, m, zy, _ = parts
         relu = bool(int(_attrs(node).get("relu", 0)))
-        return [
-            classify_element(int(acc[tuple(i)]), float(m[tuple(i)]), zy, relu=relu)
-            for i in diff_idx
-        ]
+        sel = tuple(diff_idx.T)
+        return classify_requant(acc[sel], m[sel], zy, relu=relu)
     if node.op_type == "QLinearAdd":
         return [_classify_add(node, env, tuple(map(int, i))) for i in diff_idx]
     return [UNEXPLAINED] * len(diff_idx)

@@ -175,7 +175,9 @@ def _resolve_pools(model, pools, const, names) -> None:
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     graph = model.graph
-    for pool, conv, x, w_shape, relu in pools:
+    live = {n.name: n for n in graph.node}  # graph.node holds copies of the built nodes
+    for built, conv, x, w_shape, relu in pools:
+        pool = live[built.name]
         shape = shapes.get(x)
         if shape is None or len(shape) != 4 or None in shape[2:]:
             raise SdkError(

@@ -49,7 +49,8 @@ class Divergence:
     emulator: float
     lowered: float
     cause: str
-    sample: int = 0
+    #: Which feed dict (batch) of ``feeds_list`` showed it first.
+    batch: int = 0
 
 
 @dataclass
@@ -82,6 +83,8 @@ class ValidationReport:
     tensors: list[TensorComparison]
     first_divergence: Divergence | None
     notes: list[str]
+    #: Feed dicts run, and samples in them (the first input's leading dimension).
+    batches: int
     samples: int
 
     @property
@@ -409,4 +412,5 @@ def validate(
         )
     used = {c for t in ordered for c in t.causes if c in DOCUMENTED}
     notes = [f"{c}: {RULE_NOTES[c]}" for c in sorted(used)]
-    return ValidationReport(outputs, ordered, first, notes, len(feeds_list))
+    samples = sum(int(np.shape(next(iter(f.values())))[0] or 0) for f in feeds_list if f)
+    return ValidationReport(outputs, ordered, first, notes, len(feeds_list), samples)

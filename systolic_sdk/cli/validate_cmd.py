@@ -29,7 +29,7 @@ def _fmt_db(x: float | None) -> str:
 
 def _fmt_div(d) -> str:
     return (
-        f"node '{d.node}' ({d.op_type}) tensor '{d.tensor}' sample {d.sample} "
+        f"node '{d.node}' ({d.op_type}) tensor '{d.tensor}' batch {d.batch} "
         f"index {d.index}: emulator {d.emulator}, lowered {d.lowered} - cause: {d.cause}"
     )
 
@@ -124,7 +124,7 @@ def validate_command(
     n_exact = sum(t.bit_exact for t in report.tensors)
     say(
         quiet,
-        f"traced tensors: {n_exact}/{len(report.tensors)} bit-exact ({report.samples} batches)",
+        f"traced tensors: {n_exact}/{len(report.tensors)} bit-exact ({report.samples} samples)",
     )
     if report.first_divergence is not None:
         say(quiet, "first divergence: " + _fmt_div(report.first_divergence))

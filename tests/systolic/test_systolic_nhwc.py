@@ -3,6 +3,8 @@ flavour (SystolicOpsDomain=gemmini-ort): graph form, fusion rules, exactness."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -29,6 +31,12 @@ def _perm(node: onnx.NodeProto) -> list[int]:
     return list(_attrs(node)["perm"])
 
 
+def _quantize(model: onnx.ModelProto, feeds: dict, options: dict) -> onnx.ModelProto:
+    with warnings.catch_warnings():  # the core warns about keys it does not know
+        warnings.simplefilter("ignore")
+        return quantize_systolic(model, feeds, extra_options=options)
+
+
 def _cancelling_pairs(model: onnx.ModelProto) -> int:
     producer = {o: n for n in model.graph.node for o in n.output}
     count = 0
@@ -50,8 +58,7 @@ def nchw(digits_model, digits_calib) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def nhwc(digits_model, digits_calib) -> onnx.ModelProto:
-    with pytest.warns(Warning):  # the core does not know the backend's option keys
-        return quantize_systolic(digits_model, {"input": digits_calib}, extra_options=NHWC)
+    return _quantize(digits_model, {"input": digits_calib}, NHWC)
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +152,7 @@ def test_digits_nhwc_lowering_equals_onnxruntime(nhwc, digits_test, outputs) -> 
 
 
 def test_digits_gemmini_ort_flavour(digits_model, digits_calib, digits_test, nhwc, outputs):
-    with pytest.warns(Warning):
-        q = quantize_systolic(digits_model, {"input": digits_calib}, extra_options=GEMMINI)
+    q = _quantize(digits_model, {"input": digits_calib}, GEMMINI)
     convs = nodes_of(q, "QLinearConv_nhwc")
     assert len(convs) == 6 and {n.domain for n in convs} == {""}
     assert not any(o.domain == SYSTOLIC_DOMAIN for o in q.opset_import)
@@ -160,26 +166,34 @@ def test_digits_gemmini_ort_flavour(digits_model, digits_calib, digits_test, nhw
     assert np.array_equal(yl, y)
 
 
-def test_gemmini_ort_flavour_without_nhwc_moves_qlinear_relu() -> None:
+@pytest.mark.parametrize("options", [{"SystolicOpsDomain": "gemmini-ort"}, NHWC, GEMMINI])
+def test_unfused_qlinear_relu_and_add(options: dict) -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu_shared"),
         helper.make_node("Add", ["c", "r"], ["y"], name="add"),
     ]
     model = _model(nodes, [6, 6], [("y", [3, 6, 6])], _conv_inits())
-    with pytest.warns(Warning):
-        q = quantize_systolic(model, _feeds(), extra_options={"SystolicOpsDomain": "gemmini-ort"})
-    relus = nodes_of(q, "QLinearRelu")
-    assert len(relus) == 1 and relus[0].domain == ""
-    assert nodes_of(q, "QLinearConv") and not nodes_of(q, "QLinearConv_nhwc")
-    _assert_bit_exact(q, _feeds())
+    feeds = _feeds()
+    q = _quantize(model, feeds, options)
+    domain = "" if options.get("SystolicOpsDomain") == "gemmini-ort" else SYSTOLIC_DOMAIN
+    (relu,) = nodes_of(q, "QLinearRelu")
+    assert relu.domain == domain
+    conv_type = "QLinearConv_nhwc" if options.get("SystolicLayout") == "nhwc" else "QLinearConv"
+    assert [n.domain for n in nodes_of(q, conv_type)] == [
+        "" if conv_type == "QLinearConv" else domain
+    ]
+    if conv_type == "QLinearConv_nhwc":  # ReLU and Add pass NHWC through
+        assert [_perm(t) for t in nodes_of(q, "Transpose")] == [[0, 2, 3, 1], [0, 3, 1, 2]]
+    (y,) = _assert_bit_exact(q, feeds)
+    assert np.array_equal(y, get_backend("systolic").run(quantize_systolic(model, feeds), feeds)[0])
 
 
 def test_bad_option_values_are_refused() -> None:
     model = _model([_conv_node("y")], [6, 6], [("y", [3, 6, 6])], _conv_inits())
     for options in ({"SystolicLayout": "nchwc"}, {"SystolicOpsDomain": "ai.onnx"}):
         with pytest.raises(QuantizationError, match=next(iter(options))):
-            quantize_systolic(model, _feeds(), extra_options=options)
+            _quantize(model, _feeds(), options)
 
 
 # -- hand-built graphs --------------------------------------------------------------
@@ -224,8 +238,7 @@ def _assert_bit_exact(q: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 def _both(model: onnx.ModelProto, feeds: dict) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     nchw = quantize_systolic(model, feeds)
-    with pytest.warns(Warning):
-        nhwc = quantize_systolic(model, feeds, extra_options=NHWC)
+    nhwc = _quantize(model, feeds, NHWC)
     return nchw, nhwc
 
 

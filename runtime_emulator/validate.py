@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 
 from runtime_emulator import datapath as dp
 from runtime_emulator.executor import Executor, topological_order
+from systolic_sdk.errors import SdkError
 
 F32 = np.float32
 TIE = "tie rounding"
@@ -298,12 +299,20 @@ def _with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _ort_run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _ort_run(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str
+) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SdkError(f"{what}: onnxruntime cannot load it: {first}") from None
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     outs = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
@@ -351,7 +360,7 @@ def validate(
     outputs_f: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
     for k, feeds in enumerate(feeds_list):
         emu = {**consts, **executor.run(feeds, trace=True)}
-        low = _ort_run(lowered_all, feeds)
+        low = _ort_run(lowered_all, feeds, "the lowered model")
         diverged: set[str] = set()
         for node in order:
             for name in node.output:
@@ -383,7 +392,7 @@ def validate(
         for n in out_names:
             outputs_q[n].append(np.asarray(emu[n]))
         if fp32_model is not None:
-            ref = _ort_run(fp32_model, feeds)
+            ref = _ort_run(fp32_model, feeds, "the float model")
             for n in out_names:
                 if n in ref:
                     outputs_f[n].append(np.asarray(ref[n]))

@@ -185,3 +185,16 @@ def test_classifier_recomputes_every_conv_exactly(quantized: Path, feeds) -> Non
         if any(a.name == "relu" and a.i for a in node.attribute):
             y = np.maximum(y, 0)
         np.testing.assert_array_equal(y, env[node.output[0]], err_msg=node.name)
+
+
+def test_unrunnable_lowering_is_a_one_line_error(quantized: Path, feeds) -> None:
+    from systolic_sdk.errors import SdkError
+
+    def keep_custom_op(model: onnx.ModelProto) -> onnx.ModelProto:
+        low = _default_lowering(model)
+        low.graph.node[1].op_type = "NoSuchOp"
+        return low
+
+    q = onnx.load(str(quantized))
+    with pytest.raises(SdkError, match="the lowered model: onnxruntime cannot load it"):
+        validate(q, None, feeds[:1], lowering=keep_custom_op)

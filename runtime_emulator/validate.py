@@ -348,6 +348,10 @@ def validate(
     every feed dict, tensor by tensor, and its outputs with ``fp32_model``'s."""
     lowered = (lowering or _default_lowering)(quant_model)
     lowered_all = _with_all_outputs(lowered)
+    lowered_outputs = {o.name for o in lowered.graph.output}
+    missing = [o.name for o in quant_model.graph.output if o.name not in lowered_outputs]
+    if missing:
+        raise SdkError(f"the lowered model has no output '{missing[0]}' (outputs keep their names)")
     executor = Executor(quant_model, target="systolic")
     order = topological_order(quant_model.graph)
     out_names = [o.name for o in quant_model.graph.output]

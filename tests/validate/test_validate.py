@@ -198,3 +198,15 @@ def test_unrunnable_lowering_is_a_one_line_error(quantized: Path, feeds) -> None
     q = onnx.load(str(quantized))
     with pytest.raises(SdkError, match="the lowered model: onnxruntime cannot load it"):
         validate(q, None, feeds[:1], lowering=keep_custom_op)
+
+
+def test_lowering_that_renames_an_output_is_refused(quantized: Path, feeds) -> None:
+    from systolic_sdk.errors import SdkError
+
+    def rename(model: onnx.ModelProto) -> onnx.ModelProto:
+        low = _default_lowering(model)
+        low.graph.output[0].name = "renamed"
+        return low
+
+    with pytest.raises(SdkError, match="no output 'logits'"):
+        validate(onnx.load(str(quantized)), None, feeds[:1], lowering=rename)

@@ -334,3 +334,39 @@ def test_fused_pool_on_the_fallback_path_excludes_padding() -> None:
     assert not nodes_of(get_backend("systolic").lower(nhwc), "Pad")
     (y,) = _assert_bit_exact(nhwc, feeds)
     assert np.array_equal(y, get_backend("systolic").run(nchw, feeds)[0])
+
+
+@pytest.mark.parametrize(
+    ("hw", "conv_pads", "stride", "pool_kernel", "pool_pads", "pool_stride", "relu"),
+    [
+        ((7, 7), [1, 1, 1, 1], 1, 3, [1, 1, 1, 1], 2, False),
+        ((7, 7), [1, 1, 1, 1], 1, 3, [1, 1, 1, 1], 2, True),
+        ((8, 8), [0, 0, 0, 0], 1, 2, [1, 1, 0, 0], 1, False),  # runtime: pads [1]*4
+        ((8, 8), [2, 2, 2, 2], 2, 3, [2, 2, 2, 2], 3, False),
+        ((8, 8), [1, 0, 1, 0], 1, 2, [1, 1, 1, 1], 2, False),  # fallback: unequal pads
+        ((5, 9), [1, 1, 1, 1], 1, 2, [0, 1, 0, 1], 2, False),  # fallback: non-square
+    ],
+)
+def test_fused_pool_geometries_bit_exact(
+    hw, conv_pads, stride, pool_kernel, pool_pads, pool_stride, relu
+):
+    conv = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["c0" if relu else "c"],
+        name="conv",
+        pads=conv_pads,
+        strides=[stride, stride],
+    )
+    nodes = [conv] + ([helper.make_node("Relu", ["c0"], ["c"], name="relu")] if relu else [])
+    nodes.append(_pool(kernel_shape=[pool_kernel] * 2, pads=pool_pads, strides=[pool_stride] * 2))
+    model = _model(nodes, list(hw), [("p", ["C", "H", "W"])], _conv_inits())
+    feeds = _feeds(hw=hw)
+    q = _quantize(model, feeds, NHWC)
+    (node,) = nodes_of(q, "QLinearConv_nhwc")
+    assert _attrs(node)["maxpool"] == 1 and relu_attr(node) == int(relu)
+    # the accelerator path without a ReLU pads with zeros explicitly
+    accelerator = len(set(conv_pads)) == 1 and hw[0] == hw[1]
+    expect_pad = accelerator and not relu and pool_pads[0] > 0
+    assert bool(nodes_of(get_backend("systolic").lower(q), "Pad")) == expect_pad
+    _assert_bit_exact(q, feeds)

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN
 from systolic_sdk.backends.systolic.passes import MS_DOMAIN, sync_domains
-from systolic_sdk.graph.util import consumers
+from systolic_sdk.graph.util import consumers, subgraph_inputs
 
 TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
@@ -149,7 +149,7 @@ def to_nhwc(model: onnx.ModelProto, ops_domain: str = SYSTOLIC_DOMAIN) -> onnx.M
             moved.output[0] = nhwc[y]
             nodes.append(moved)
             continue
-        for x in node.input:
+        for x in list(node.input) + sorted(subgraph_inputs(node)):
             as_nchw(x)
         nodes.append(node)
         nchw_ready.update(o for o in node.output if o)
@@ -207,6 +207,7 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
     outputs = {o.name for o in graph.output}
     while True:
         read = {i for n in graph.node for i in n.input} | outputs
+        read |= {i for n in graph.node for i in subgraph_inputs(n)}
         keep = [
             n
             for n in graph.node
@@ -217,6 +218,7 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
         del graph.node[:]
         graph.node.extend(keep)
     read = {i for n in graph.node for i in n.input} | outputs | {i.name for i in graph.input}
+    read |= {i for n in graph.node for i in subgraph_inputs(n)}
     inits = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(inits)

@@ -29,6 +29,7 @@ LARGE_ACC = "float32 conversion of a large accumulator"
 POOL_PADDING = "pool padding rule"
 UNEXPLAINED = "unexplained"
 PROPAGATED = "propagated"
+MISMATCH = "shape or element type mismatch"
 #: Causes that are documented rules of the hardware (a difference they explain is expected).
 DOCUMENTED = frozenset({POOL_PADDING})
 RULE_NOTES = {
@@ -381,7 +382,11 @@ def validate(
                 root = not any(i in diverged for i in node.input)
                 if mask is None:
                     comp.n_diff += max(a.size, b.size)
-                    comp.causes[UNEXPLAINED] = comp.causes.get(UNEXPLAINED, 0) + 1
+                    comp.causes[MISMATCH] = comp.causes.get(MISMATCH, 0) + 1
+                    if comp.first is None:
+                        comp.first = Divergence(
+                            name, node.name, node.op_type, (), math.nan, math.nan, MISMATCH, k
+                        )
                     continue
                 idx = np.argwhere(mask)
                 comp.n_diff += len(idx)

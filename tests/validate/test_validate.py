@@ -210,3 +210,24 @@ def test_lowering_that_renames_an_output_is_refused(quantized: Path, feeds) -> N
 
     with pytest.raises(SdkError, match="no output 'logits'"):
         validate(onnx.load(str(quantized)), None, feeds[:1], lowering=rename)
+
+
+def test_shape_mismatch_is_a_divergence(quantized: Path, feeds) -> None:
+    from runtime_emulator.validate import MISMATCH
+
+    def cast_output(model: onnx.ModelProto) -> onnx.ModelProto:
+        low = _default_lowering(model)
+        node = next(n for n in low.graph.node if n.op_type == "DequantizeLinear")
+        mid = node.output[0] + "_f"
+        node.output[0] = mid
+        low.graph.node.append(
+            onnx.helper.make_node("Cast", [mid], ["logits"], to=onnx.TensorProto.DOUBLE)
+        )
+        low.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+        return low
+
+    report = validate(onnx.load(str(quantized)), None, feeds[:1], lowering=cast_output)
+    assert not report.ok
+    assert report.first_divergence.tensor == "logits"
+    assert report.first_divergence.cause == MISMATCH
+    json.dumps(report.to_dict(), allow_nan=False)

@@ -63,6 +63,8 @@ class Backend:
     conv_integer_channel_zero_points: bool = True
     #: Run onnx.checker.check_model(full_check=True) on every output model.
     check_standard_onnx: bool = True
+    #: ``extra_options`` keys this backend reads itself (the core does not warn about them).
+    extra_option_keys: frozenset[str] = frozenset()
     pre_passes: Sequence[Pass] = ()
     post_passes: Sequence[Pass] = ()
     #: Static mode: ``(prepared model, ranges) -> ranges`` before the walk (e.g. narrowing

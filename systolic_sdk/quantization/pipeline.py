@@ -53,9 +53,9 @@ def _backend(config: QuantConfig):
     return get_backend(config.backend)
 
 
-def _check_options(config: QuantConfig) -> None:
+def _check_options(config: QuantConfig, backend_keys: frozenset[str]) -> None:
     for key in config.extra_options:
-        if key not in SUPPORTED_OPTIONS and key not in HANDLED_ELSEWHERE:
+        if key not in SUPPORTED_OPTIONS | HANDLED_ELSEWHERE | backend_keys:
             warn(f"extra option '{key}' is not supported by the quantizer; ignored")
 
 
@@ -87,7 +87,7 @@ def quantize_model(
     """
     backend = _backend(config)
     config = backend.validate_config(config)
-    _check_options(config)
+    _check_options(config, backend.extra_option_keys)
     prepared = prepare_model(model, config)
     _check_selection(prepared, config, backend)
     for p in backend.pre_passes:

@@ -32,9 +32,7 @@ def _perm(node: onnx.NodeProto) -> list[int]:
 
 
 def _quantize(model: onnx.ModelProto, feeds: dict, options: dict) -> onnx.ModelProto:
-    with warnings.catch_warnings():  # the core warns about keys it does not know
-        warnings.simplefilter("ignore")
-        return quantize_systolic(model, feeds, extra_options=options)
+    return quantize_systolic(model, feeds, extra_options=options)
 
 
 def _cancelling_pairs(model: onnx.ModelProto) -> int:
@@ -370,3 +368,13 @@ def test_fused_pool_geometries_bit_exact(
     expect_pad = accelerator and not relu and pool_pads[0] > 0
     assert bool(nodes_of(get_backend("systolic").lower(q), "Pad")) == expect_pad
     _assert_bit_exact(q, feeds)
+
+
+def test_systolic_options_raise_no_unsupported_option_warning(digits_model, digits_calib) -> None:
+    """The backend declares the extra options it reads; the core does not call them ignored."""
+
+    options = {"SystolicLayout": "nhwc", "SystolicOpsDomain": "gemmini-ort"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_systolic(digits_model, {"input": digits_calib}, extra_options=options)
+    assert not [w for w in caught if "not supported by the quantizer" in str(w.message)]

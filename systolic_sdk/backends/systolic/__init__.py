@@ -202,6 +202,7 @@ SYSTOLIC_BACKEND = Backend(
     name=NAME,
     description="the Systolic int8 accelerator (Gemmini-class), NCHW QOperator graphs",
     rules=systolic_rules(),
+    extra_option_keys=frozenset({"SystolicLayout", "SystolicOpsDomain"}),
     forms=frozenset({OutputForm.QOPERATOR, OutputForm.QDQ}),
     per_channel=False,
     dynamic=False,

@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("systolic_sdk.cli.calibrate_cmd", "calibrate_command"),
     ("systolic_sdk.cli.calibrate_cmd", "static_runner_command"),
     ("systolic_sdk.cli.emulate_cmd", "emulate"),
+    ("systolic_sdk.cli.validate_cmd", "validate_command"),
     ("systolic_sdk.cli.vectors_cmd", "export_vectors"),
 ]
 

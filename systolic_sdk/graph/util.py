@@ -40,6 +40,21 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove initializers and value_info that no node (or subgraph) reads or produces."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        used |= subgraph_inputs(node)
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    names = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    names |= {i.name for i in graph.input}
+    vi = [v for v in graph.value_info if v.name in names]
+    del graph.value_info[:]
+    graph.value_info.extend(vi)
+
+
 def check_topological(graph: onnx.GraphProto, where: str = "model") -> None:
     """Raise SdkError if a node reads a tensor that no earlier node, input or initializer makes."""
     known = {i.name for i in graph.input} | {t.name for t in graph.initializer}

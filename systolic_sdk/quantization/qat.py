@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from runtime_emulator.datapath import dequantize_linear
 from systolic_sdk.errors import QuantizationError
+from systolic_sdk.graph.util import drop_unused
 from systolic_sdk.quantization.config import TensorOverride
 from systolic_sdk.quantization.types import QuantType
 
@@ -160,7 +161,7 @@ def strip_fake_quant(model: onnx.ModelProto, restore_clamps: bool = True) -> Str
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits)
-    _drop_unused(graph)
+    drop_unused(graph)
     _toposort(graph)
     return result
 
@@ -189,18 +190,6 @@ def _apply_aliases(
         producers = [n for n in nodes if name in n.output]
         if not producers:
             nodes.append(helper.make_node("Identity", [target], [name], name=f"{name}_identity"))
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    names = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
-    names |= {i.name for i in graph.input}
-    vi = [v for v in graph.value_info if v.name in names]
-    del graph.value_info[:]
-    graph.value_info.extend(vi)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:

@@ -378,3 +378,11 @@ def test_systolic_options_raise_no_unsupported_option_warning(digits_model, digi
         warnings.simplefilter("always")
         quantize_systolic(digits_model, {"input": digits_calib}, extra_options=options)
     assert not [w for w in caught if "not supported by the quantizer" in str(w.message)]
+
+
+def test_digits_nhwc_lowering_keeps_no_unused_initializers(nhwc) -> None:
+    """The lowered graph drops the HWIO weights its standard QLinearConvs no longer read."""
+
+    lowered = get_backend("systolic").lower(nhwc)
+    read = {i for n in lowered.graph.node for i in n.input}
+    assert [t.name for t in lowered.graph.initializer if t.name not in read] == []

@@ -24,6 +24,7 @@ from runtime_emulator.kernels import SYSTOLIC_DOMAIN
 from runtime_emulator.kernels.qlinear_conv_nhwc import conv_path
 from systolic_sdk.backends.systolic.passes import MS_DOMAIN, sync_domains
 from systolic_sdk.errors import SdkError
+from systolic_sdk.graph.util import drop_unused
 
 F32 = np.float32
 
@@ -92,6 +93,7 @@ def lower_systolic(model: onnx.ModelProto) -> onnx.ModelProto:
         before = len(new_inits)
         _resolve_pools(out, pools, const, names)
         graph.initializer.extend(new_inits[before:])
+    drop_unused(graph)  # the HWIO weights of lowered QLinearConv_nhwc nodes
     return sync_domains(out)
 
 

@@ -38,6 +38,10 @@ Examples:
   # dynamic: weights now, activations at run time (ConvInteger/MatMulInteger); no data needed
   systolic-quantize quantize model.onnx -o q.onnx --mode dynamic
 \b
+  # the Systolic accelerator: int8, zero point 0, per-tensor, ReLU fused, NHWC convs
+  systolic-quantize quantize model.onnx -o q.onnx --backend systolic --layout nhwc \\
+      --calibration-data calib.npz
+\b
   # keep the first conv in float; fix one tensor's scale from a JSON overrides file
   systolic-quantize quantize model.onnx -o q.onnx --calibration-data calib.npz \\
       --nodes-to-exclude /conv1/Conv --tensor-quant-overrides overrides.json
@@ -62,7 +66,7 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     default=None,
     help="qdq: QuantizeLinear/DequantizeLinear around float ops; qoperator: QLinearConv, "
     "QLinearMatMul, ...; integer: ConvInteger/MatMulInteger. "
-    "[default: qdq; integer with --mode dynamic]",
+    "[default: qdq (qoperator for --backend systolic); integer with --mode dynamic]",
 )
 @click.option(
     "--mode",
@@ -125,6 +129,19 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     is_flag=True,
     help="Refuse (instead of warn and adapt) options the backend cannot honour.",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    help="Systolic backend: nhwc writes QLinearConv_nhwc (HWIO weights, Transposes only at "
+    "NCHW boundaries, an eligible MaxPool fused).  [default: nchw]",
+)
+@click.option(
+    "--ops-domain",
+    type=click.Choice(["com.systolic", "gemmini-ort"]),
+    help="Systolic backend: where QLinearRelu/QLinearConv_nhwc live: the SDK's com.systolic "
+    "domain (onnx.checker accepts it) or the default domain, as the Gemmini fork of "
+    "onnxruntime registers them.  [default: com.systolic]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @sdk_errors
 def quantize_command(
@@ -147,6 +164,8 @@ def quantize_command(
     tensor_quant_overrides: Path | None,
     quantize_bias: bool,
     strict: bool,
+    layout: str | None,
+    ops_domain: str | None,
     quiet: bool,
 ) -> None:
     """Quantize the fp32 ONNX MODEL and write it to OUTPUT.
@@ -158,7 +177,15 @@ def quantize_command(
     from systolic_sdk import api
 
     mode = (mode or ("dynamic" if fmt == "integer" else "static")).lower()
-    fmt = (fmt or ("integer" if mode == "dynamic" else "qdq")).lower()
+    default_fmt = "qoperator" if backend == "systolic" else "qdq"
+    fmt = (fmt or ("integer" if mode == "dynamic" else default_fmt)).lower()
+    systolic_extra = {
+        key: value
+        for key, value in (("SystolicLayout", layout), ("SystolicOpsDomain", ops_domain))
+        if value is not None
+    }
+    if systolic_extra and backend != "systolic":
+        raise SdkError("--layout and --ops-domain apply to --backend systolic only")
     if mode == "dynamic" and fmt != "integer":
         raise SdkError(
             f"--mode dynamic produces integer ops (ConvInteger/MatMulInteger); "
@@ -172,7 +199,7 @@ def quantize_command(
         )
     out = check_output_path(output, model)
     fp32 = load_model(model)
-    extra = overrides_extra(tensor_quant_overrides)
+    extra = {**overrides_extra(tensor_quant_overrides), **systolic_extra}
     types = quant_types(activation_type, weight_type)
     common = dict(
         op_types_to_quantize=split_names(op_types),

@@ -105,3 +105,28 @@ def test_registered_in_the_group(runner, tmp_path):
     )
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
     assert "--version" in runner.invoke(cli, ["--help"]).output
+
+
+def test_systolic_layout_and_ops_domain(runner, tmp_path, digits_dir):
+    out = tmp_path / "q.onnx"
+    args = [str(digits_dir / "model.onnx"), "-o", str(out), "--backend", "systolic"]
+    args += ["--calibration-data", str(digits_dir / "calib.npz"), "--dataset-size", "32"]
+    result = runner.invoke(
+        quantize_command, [*args, "--layout", "nhwc", "--ops-domain", "gemmini-ort"]
+    )
+    assert result.exit_code == 0, result.output
+    nodes = onnx.load(out).graph.node
+    convs = [n for n in nodes if n.op_type == "QLinearConv_nhwc"]
+    assert convs and all(n.domain == "" for n in convs)  # the Gemmini fork's default domain
+    assert not [n for n in nodes if n.op_type == "QLinearConv"]
+
+
+def test_systolic_options_need_the_systolic_backend(runner, tmp_path, digits_dir):
+    out = tmp_path / "q.onnx"
+    args = [str(digits_dir / "model.onnx"), "-o", str(out), "--layout", "nhwc"]
+    result = runner.invoke(
+        quantize_command, [*args, "--calibration-data", str(digits_dir / "calib.npz")]
+    )
+    assert result.exit_code == 2
+    assert "--backend systolic" in result.output
+    assert not out.exists()

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN
 from systolic_sdk.backends.systolic.passes import MS_DOMAIN, sync_domains
-from systolic_sdk.graph.util import consumers, subgraph_inputs
+from systolic_sdk.graph.util import NameScope, consumers, subgraph_inputs
 
 TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
@@ -46,20 +46,6 @@ def pool_fusable(pool: onnx.NodeProto) -> bool:
     )
 
 
-class _Names:
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-        self.used |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
-
-
 def to_nhwc(model: onnx.ModelProto, ops_domain: str = SYSTOLIC_DOMAIN) -> onnx.ModelProto:
     """The NHWC variant of a Systolic NCHW graph (a new model); ``ops_domain`` is the
     domain of QLinearConv_nhwc and QLinearRelu (com.systolic, or "" as the Gemmini fork
@@ -67,7 +53,7 @@ def to_nhwc(model: onnx.ModelProto, ops_domain: str = SYSTOLIC_DOMAIN) -> onnx.M
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    names = _Names(graph)
+    names = NameScope(graph)
     inits = {t.name: t for t in graph.initializer}
     readers = consumers(graph)
     outputs = {o.name for o in graph.output}

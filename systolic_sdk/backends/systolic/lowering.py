@@ -24,23 +24,9 @@ from runtime_emulator.kernels import SYSTOLIC_DOMAIN
 from runtime_emulator.kernels.qlinear_conv_nhwc import conv_path
 from systolic_sdk.backends.systolic.passes import MS_DOMAIN, sync_domains
 from systolic_sdk.errors import SdkError
-from systolic_sdk.graph.util import drop_unused
+from systolic_sdk.graph.util import NameScope, drop_unused
 
 F32 = np.float32
-
-
-class _Names:
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-        self.used |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
 
 
 def lower_systolic(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -48,7 +34,7 @@ def lower_systolic(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    names = _Names(graph)
+    names = NameScope(graph)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     new_inits: list[onnx.TensorProto] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 from systolic_helpers import initializers, nodes_of, quantize_systolic
 
 from systolic_sdk.backends.systolic import params
@@ -67,31 +67,11 @@ def test_bias_formula() -> None:
     assert qb.scale.dtype == np.float32 and np.all(qb.scale == s)
 
 
-def _conv_relu_matmul() -> tuple:
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 0.5, (4, 1, 3, 3)).astype(F32)
-    b = rng.normal(0, 0.1, (4,)).astype(F32)
-    w2 = rng.normal(0, 0.3, (64, 3)).astype(F32)
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
-        helper.make_node("MatMul", ["f", "w2"], ["y"], name="matmul"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (b, "b"), (w2, "w2"))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model, w, b, w2
-
-
-def test_small_graph_parameters_by_hand() -> None:
-    model, w, b, w2 = _conv_relu_matmul()
+def test_small_graph_parameters_by_hand(tiny_model) -> None:
+    """Conv -> Relu -> Flatten -> MatMul (tests/conftest.py's tiny model), scales by hand."""
+    model = tiny_model
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, b, w2 = weights["w"], weights["b"], weights["w2"]
     ranges = {"x": (-0.8, 1.3), "c": (-7.0, 5.0), "r": (0.0, 5.0), "f": (0.0, 5.0), "y": (-2, 9)}
     q = quantize_systolic(model, ranges=ranges)
     inits = initializers(q)

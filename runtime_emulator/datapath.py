@@ -627,12 +627,15 @@ def conv_accumulate_wrap32(
     group: int,
 ) -> np.ndarray:
     """``wrap32(bias[oc] + conv(x, w))``: the int32 accumulator of the hardware."""
-    acc = _conv_core(x, w, strides, pads, dilations, group)
+    return _add_bias_wrap32(_conv_core(x, w, strides, pads, dilations, group), bias)
+
+
+def _add_bias_wrap32(acc: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``wrap32(bias[oc] + acc)`` for an exact accumulator (float32, int32 or int64)."""
     if acc.dtype == F32:  # exact integers of magnitude at most 2**24
         acc = acc.astype(np.int32)
     if acc.dtype != np.int32:
-        acc = wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
-        return acc
+        return wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
     if bias is not None:
         # int32 + int32 in NumPy wraps modulo 2**32, as the hardware adder does.
         with np.errstate(over="ignore"):
@@ -663,14 +666,7 @@ def conv_accumulate_f32(
         if bias is not None:
             np.add(acc, _bias_shape(bias, acc).astype(F32), out=acc)
         return acc
-    if acc.dtype == F32:
-        acc = acc.astype(np.int32)
-    if acc.dtype != np.int32:
-        acc = wrap32(acc if bias is None else acc + _bias_shape(bias, acc).astype(np.int64))
-    elif bias is not None:
-        with np.errstate(over="ignore"):
-            acc = np.add(acc, _bias_shape(bias, acc).astype(np.int32), dtype=np.int32)
-    return acc.astype(F32)
+    return _add_bias_wrap32(acc, bias).astype(F32)
 
 
 def _bias_shape(bias: np.ndarray, acc: np.ndarray) -> np.ndarray:

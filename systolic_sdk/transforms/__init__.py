@@ -2,5 +2,6 @@
 
 from systolic_sdk.transforms.bias_correction import correct_bias, fake_quantize_per_tensor
 from systolic_sdk.transforms.equalization import equalize
+from systolic_sdk.transforms.recipe import per_tensor_recipe
 
-__all__ = ["correct_bias", "equalize", "fake_quantize_per_tensor"]
+__all__ = ["correct_bias", "equalize", "fake_quantize_per_tensor", "per_tensor_recipe"]

@@ -89,6 +89,8 @@ def quantize_static(
     backend: str = "cpu",
     quantize_bias: bool = True,
     strict: bool = False,
+    equalization: bool | None = None,
+    bias_correction: bool | None = None,
 ) -> onnx.ModelProto:
     """Calibrate on ``calibration_data_reader`` and quantize; write ``model_output``.
 
@@ -99,8 +101,10 @@ def quantize_static(
     ``{tensor: [rmin, rmax]}``, text, FlatBuffers), read when it exists (no calibration
     run), else written after calibrating (onnxruntime's JSON form, full precision).
     ``model_output`` None writes nothing. ``use_external_data_format`` is accepted;
-    models are written inline (models above 2 GiB are refused). Returns the quantized
-    model.
+    models are written inline (models above 2 GiB are refused). ``equalization`` /
+    ``bias_correction``: the backend's fp32 preparation before calibration (cross-layer
+    equalization, bias correction measured on the calibration data); None takes the
+    backend's default (on for ``systolic``; ``cpu`` has none). Returns the quantized model.
     """
     out = _check_output(model_output, model_input)
     model = load_model(model_input)
@@ -179,6 +183,8 @@ def quantize_qat(
     config = _build_config(stripped.model, locals(), form=_as_form(quant_format), static=True)
     learned.update(config.tensor_overrides)
     config.tensor_overrides = learned
+    # Learned scales belong to the trained weights: no equalization or bias correction.
+    config.equalization = config.bias_correction = False
     return _run(
         stripped.model,
         config,
@@ -325,6 +331,8 @@ def _build_config(
         tensor_overrides=overrides,
         strict=bool(args["strict"]),
         extra_options=extra,
+        equalization=args.get("equalization"),
+        bias_correction=args.get("bias_correction"),
     )
 
 
@@ -343,6 +351,15 @@ def _run(
 
     prepared = prepare_model(model, config)
     _check_requested_nodes(prepared, config)
+    if config.static:
+        from systolic_sdk.backends import get_backend
+
+        backend = get_backend(config.backend)
+        if backend.float_prep is not None:
+            reader = _replayable(reader)
+        prepared = backend.prepare_float(prepared, reader, config)
+        if reader is not None and backend.float_prep is not None:
+            reader.rewind()
     fixed = {n for n, ov in config.tensor_overrides.items() if ov.scale and ov.zero_point}
     wanted = [n for n in tensors_to_calibrate(prepared, config) if n not in fixed]
     ranges: dict[str, tuple[float, float]] = {}
@@ -369,6 +386,38 @@ def _run(
     if out is not None:
         save_output(quantized, out)
     return quantized
+
+
+class _Replay(CalibrationDataReader):
+    """A reader without ``rewind()`` made re-readable by keeping the feeds it gave."""
+
+    def __init__(self, reader: CalibrationDataReader) -> None:
+        self._source: CalibrationDataReader | None = reader
+        self._seen: list[dict[str, Any]] = []
+        self._pos = 0
+        self.collect_options = getattr(reader, "collect_options", None) or {}
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self._pos < len(self._seen):
+            self._pos += 1
+            return self._seen[self._pos - 1]
+        feed = self._source.get_next() if self._source is not None else None
+        if feed is None:
+            self._source = None
+            return None
+        self._seen.append(feed)
+        self._pos += 1
+        return feed
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def _replayable(reader: CalibrationDataReader | None) -> CalibrationDataReader | None:
+    """``reader`` if it can rewind, else a wrapper that replays what it read."""
+    if reader is None or callable(getattr(reader, "rewind", None)):
+        return reader
+    return _Replay(reader)
 
 
 def save_output(model: onnx.ModelProto, out: PathLike) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,6 +25,8 @@ Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
 Ranges = dict[str, tuple[float, float]]
 RangePass = Callable[[onnx.ModelProto, Ranges], Ranges]
 Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
+#: ``(fp32 model, calibration data reader or None, config) -> fp32 model``
+FloatPrep = Callable[[onnx.ModelProto, Any, QuantConfig], onnx.ModelProto]
 
 ALL_TYPES = frozenset(QuantType)
 
@@ -45,6 +48,10 @@ class Backend:
     - ``runner(model, feeds) -> outputs``: executes a model quantized for this backend.
     - ``lowering(model) -> model``: optional standard-ONNX lowering for comparison.
     - ``verifier(model)``: the final check of a quantized model (raise on failure).
+    - ``float_prep(model, reader, config) -> model``: static mode, before calibration: an
+      fp32 transform of the prepared model (e.g. cross-layer equalization and bias
+      correction), told by ``config.equalization``/``config.bias_correction`` (None: the
+      backend's default); ``reader`` (may be None) is rewound before calibration.
     - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
       ranges (static mode), ``post_passes`` on the rewritten model.
     """
@@ -77,6 +84,7 @@ class Backend:
     )
     quantize_bias: Callable[..., _params.QuantizedBias] = _params.quantize_bias
     config_hook: Callable[[Backend, QuantConfig], QuantConfig] | None = None
+    float_prep: FloatPrep | None = None
     runner: Runner | None = None
     lowering: Pass | None = None
     verifier: Callable[[onnx.ModelProto], None] | None = None
@@ -130,6 +138,16 @@ class Backend:
         if self.config_hook is not None:
             cfg = self.config_hook(self, cfg)
         return cfg
+
+    def prepare_float(self, model: onnx.ModelProto, reader: Any, config: QuantConfig):
+        """``float_prep`` of ``model`` (static mode), or ``model`` when there is none."""
+        if self.float_prep is None or not config.static:
+            asked = [n for n in ("equalization", "bias_correction") if getattr(config, n)]
+            if asked:
+                why = "dynamic mode" if not config.static else f"backend '{self.name}'"
+                warn(f"{' and '.join(asked).replace('_', ' ')}: not available in {why}; ignored")
+            return model
+        return self.float_prep(model, reader, config)
 
     def run(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Execute ``model`` as this backend would."""

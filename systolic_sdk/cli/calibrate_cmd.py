@@ -18,6 +18,7 @@ import click
 from systolic_sdk.cli.common import (
     CONTEXT_SETTINGS,
     backend_option,
+    float_prep_options,
     overrides_extra,
     quant_type_options,
     quant_types,
@@ -330,6 +331,7 @@ an ONNX test-data folder (test_data_set_N/input_K.pb) or a folder of input_K.pb.
 )
 @_quantize_options("qint8")
 @_calib_options
+@float_prep_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @sdk_errors
 def calibrate_command(
@@ -355,6 +357,8 @@ def calibrate_command(
     skip_nonfinite: bool,
     calibration_table_out: Path | None,
     table_format: str | None,
+    equalization: bool | None,
+    bias_correction: bool | None,
     quiet: bool,
 ) -> None:
     """Calibrate MODEL on a dataset with the chosen method, then quantize it."""
@@ -398,6 +402,8 @@ def calibrate_command(
         quant_kwargs=dict(
             per_channel=per_channel,
             quant_format=quant_format,
+            equalization=equalization,
+            bias_correction=bias_correction,
             **quant_types(activation_type, weight_type),
         ),
     )
@@ -478,6 +484,7 @@ Example:
 @click.option("--dataset_size", "--dataset-size", "dataset_size", type=click.IntRange(min=1))
 @backend_option()
 @click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1))
+@float_prep_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @sdk_errors
 def static_runner_command(
@@ -495,6 +502,8 @@ def static_runner_command(
     dataset_size: int | None,
     backend: str,
     batch_size: int | None,
+    equalization: bool | None,
+    bias_correction: bool | None,
     quiet: bool,
 ) -> None:
     """Quantize a model calibrated on the test_data_set_* folders beside it."""
@@ -533,6 +542,8 @@ def static_runner_command(
             per_channel=per_channel,
             quant_format=quant_format,
             quantize_bias=quantize_bias,
+            equalization=equalization,
+            bias_correction=bias_correction,
             **quant_types(activation_type, weight_type),
         ),
     )

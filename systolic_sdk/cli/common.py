@@ -120,3 +120,21 @@ def say(quiet: bool, message: str) -> None:
     """Print a progress/result line unless --quiet."""
     if not quiet:
         click.echo(message)
+
+
+def float_prep_options(func: F) -> F:
+    """--equalization/--no-equalization and --bias-correction/--no-bias-correction."""
+    func = click.option(
+        "--bias-correction/--no-bias-correction",
+        "bias_correction",
+        default=None,
+        help="Correct Conv/Gemm/MatMul biases for the expected weight-quantization error, "
+        "measured on the calibration data.  [default: on for --backend systolic]",
+    )(func)
+    return click.option(
+        "--equalization/--no-equalization",
+        "equalization",
+        default=None,
+        help="Cross-layer equalization before calibrating (evens out per-channel weight "
+        "ranges for per-tensor scales).  [default: on for --backend systolic]",
+    )(func)

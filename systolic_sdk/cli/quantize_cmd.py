@@ -13,6 +13,7 @@ from systolic_sdk.cli.common import (
     CONTEXT_SETTINGS,
     FORMATS,
     backend_option,
+    float_prep_options,
     overrides_extra,
     quant_type_options,
     quant_types,
@@ -38,7 +39,9 @@ Examples:
   # dynamic: weights now, activations at run time (ConvInteger/MatMulInteger); no data needed
   systolic-quantize quantize model.onnx -o q.onnx --mode dynamic
 \b
-  # the Systolic accelerator: int8, zero point 0, per-tensor, ReLU fused, NHWC convs
+  # the Systolic accelerator: int8, zero point 0, per-tensor, ReLU fused, NHWC convs;
+  # cross-layer equalization and bias correction run first (--no-equalization and
+  # --no-bias-correction turn them off)
   systolic-quantize quantize model.onnx -o q.onnx --backend systolic --layout nhwc \\
       --calibration-data calib.npz
 \b
@@ -142,6 +145,7 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
     "domain (onnx.checker accepts it) or the default domain, as the Gemmini fork of "
     "onnxruntime registers them.  [default: com.systolic]",
 )
+@float_prep_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @sdk_errors
 def quantize_command(
@@ -166,6 +170,8 @@ def quantize_command(
     strict: bool,
     layout: str | None,
     ops_domain: str | None,
+    equalization: bool | None,
+    bias_correction: bool | None,
     quiet: bool,
 ) -> None:
     """Quantize the fp32 ONNX MODEL and write it to OUTPUT.
@@ -214,6 +220,8 @@ def quantize_command(
         strict=strict,
     )
     if mode == "dynamic":
+        if equalization or bias_correction:
+            raise SdkError("--equalization and --bias-correction apply to static mode only")
         quantized = api.quantize_dynamic(fp32, None, **common)
     else:
         reader = None
@@ -231,6 +239,8 @@ def quantize_command(
             quant_format=quant_format,
             activation_type=types["activation_type"],
             calibrate_method=calibration_method,
+            equalization=equalization,
+            bias_correction=bias_correction,
             **common,
         )
     check_output_path(out, model)  # the folder may have vanished while calibrating

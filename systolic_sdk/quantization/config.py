@@ -44,4 +44,7 @@ class QuantConfig:
     nodes_to_exclude: frozenset[str] = frozenset()
     tensor_overrides: dict[str, TensorOverride] = field(default_factory=dict)
     strict: bool = False  # refuse (instead of warn and adapt) requests the backend cannot honour
+    # fp32 preparation before calibration (the backend's ``float_prep``); None: its default
+    equalization: bool | None = None  # cross-layer equalization
+    bias_correction: bool | None = None  # bias correction (static mode, needs calibration data)
     extra_options: dict[str, Any] = field(default_factory=dict)

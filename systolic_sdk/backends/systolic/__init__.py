@@ -44,6 +44,7 @@ from systolic_sdk.backends.systolic.schemas import register_schemas
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.quantization.config import QuantConfig
 from systolic_sdk.quantization.types import OutputForm, QuantType
+from systolic_sdk.quantization.warn import warn
 
 NAME = "systolic"
 #: Op types whose zero-point inputs (by index) must be 0 in a Systolic graph.
@@ -153,6 +154,25 @@ def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> lis
     return [outputs[o.name] for o in model.graph.output]
 
 
+def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.ModelProto:
+    """Cross-layer equalization and bias correction (both on by default): per-tensor int8
+    weights lose the small channels of depthwise layers without them. Bias correction
+    measures on ``reader`` and is skipped (with a warning if it was asked for) without it."""
+    from systolic_sdk.transforms.recipe import per_tensor_recipe
+
+    equalization = config.equalization is not False
+    bias_correction = config.bias_correction is not False
+    if bias_correction and reader is None:
+        if config.bias_correction:
+            warn("bias correction needs calibration data; skipped")
+        bias_correction = False
+    if not (equalization or bias_correction):
+        return model
+    return per_tensor_recipe(
+        model, reader, equalization=equalization, bias_correction=bias_correction
+    )
+
+
 def check_systolic_graph(model: onnx.ModelProto) -> None:
     """Raise QuantizationError unless every zero point is 0 and every scale per tensor,
     and the graph passes onnx.checker once ``relu`` attributes are set aside (QLinearConv's
@@ -215,6 +235,7 @@ SYSTOLIC_BACKEND = Backend(
     quantize_weight=params.quantize_weight,
     quantize_bias=params.quantize_bias,
     config_hook=systolic_config_hook,
+    float_prep=prepare_float,
     runner=run_systolic,
     lowering=lower_systolic,
     verifier=check_systolic_graph,

@@ -1,7 +1,8 @@
 """The NHWC variant of a Systolic graph (spec section 6) and the op flavours.
 
 :func:`to_nhwc` turns each QLinearConv into QLinearConv_nhwc (HWIO weights), lets NHWC
-flow through QLinearRelu and com.microsoft QLinearAdd, fuses an eligible MaxPool into
+flow through QLinearRelu, com.microsoft QLinearAdd and int8 Min/Max with a constant
+(the constant re-laid out), fuses an eligible MaxPool into
 the conv, and places Transpose nodes only where an NHWC tensor meets an NCHW consumer
 or a graph output. :func:`remove_cancelling_transposes` drops Transpose pairs whose
 permutations compose to the identity, then dead nodes.
@@ -121,6 +122,18 @@ def to_nhwc(model: onnx.ModelProto, ops_domain: str = SYSTOLIC_DOMAIN) -> onnx.M
             conv.output.append(nhwc[y])
             nodes.append(conv)
             continue
+        bound = _nhwc_bound(node, inits, nhwc)
+        if bound is not None:
+            moved = onnx.NodeProto()
+            moved.CopyFrom(node)
+            c_name = names.fresh(f"{node.input[1]}_nhwc")
+            new_inits.append(numpy_helper.from_array(bound, c_name))
+            moved.input[0], moved.input[1] = nhwc[node.input[0]], c_name
+            y = node.output[0]
+            nhwc[y] = names.fresh(f"{y}_nhwc")
+            moved.output[0] = nhwc[y]
+            nodes.append(moved)
+            continue
         passes = (
             kind in ((SYSTOLIC_DOMAIN, "QLinearRelu"), ("", "QLinearRelu"))
             and node.input[0] in nhwc
@@ -149,6 +162,25 @@ def to_nhwc(model: onnx.ModelProto, ops_domain: str = SYSTOLIC_DOMAIN) -> onnx.M
             if n.domain == SYSTOLIC_DOMAIN and n.op_type in SYSTOLIC_OPS:
                 n.domain = ops_domain
     return sync_domains(remove_cancelling_transposes(out))
+
+
+def _nhwc_bound(
+    node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], nhwc: dict[str, str]
+) -> np.ndarray | None:
+    """The NHWC form of the constant of an int8 ``Min``/``Max(x, c)`` whose ``x`` is
+    NHWC (c scalar, [C,1,1] or [1,C,1,1]); None when the node cannot pass NHWC through."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Min", "Max"):
+        return None
+    if len(node.input) != 2 or node.input[0] not in nhwc or node.input[1] not in inits:
+        return None
+    c = numpy_helper.to_array(inits[node.input[1]])
+    if c.size == 1:
+        return c.copy()
+    if c.ndim == 3 and c.shape[1:] == (1, 1):
+        return np.ascontiguousarray(c.transpose(1, 2, 0))
+    if c.ndim == 4 and c.shape[0] == 1 and c.shape[2:] == (1, 1):
+        return np.ascontiguousarray(c.transpose(0, 2, 3, 1))
+    return None
 
 
 def remove_cancelling_transposes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -47,7 +47,10 @@ def narrow_ranges(model: onnx.ModelProto, ranges: Ranges) -> Ranges:
     - a Relu whose only consumer is a MaxPool takes the MaxPool output's range;
     - a Clip's output, and its input when the Clip is that tensor's only consumer,
       narrow to the Clip's bounds;
-    - a tensor consumed only by a Relu uses rmin = max(rmin, 0).
+    - a tensor consumed only by a Relu uses rmin = max(rmin, 0), and, when that Relu's
+      only consumer is a Clip or a Min, no more than the Relu output's narrowed rmax;
+    - a Min (Max) with a constant narrows its output, and its input when it is the sole
+      consumer, to rmax <= max(c) (rmin >= min(c)), as a Clip would.
     Graph outputs are never narrowed.
     """
     out = dict(ranges)
@@ -69,7 +72,24 @@ def narrow_ranges(model: onnx.ModelProto, ranges: Ranges) -> Ranges:
                 out[y] = out[nxt.output[0]]
             if x in out and sole_reader(x) == node:
                 lo, hi = out[x]
-                out[x] = (max(lo, 0.0), hi)
+                if nxt is not None and nxt.op_type in ("Min", "Clip") and y in out:
+                    hi = min(hi, out[y][1])  # the bound below clips what the conv exceeds
+                out[x] = (max(lo, 0.0), max(hi, 0.0))
+        elif node.op_type in ("Min", "Max") and len(node.input) == 2:
+            bounds = _minmax_bounds(node, model)
+            if bounds is None:
+                continue
+            x, c = bounds
+            targets = [y] if y not in outputs else []
+            if sole_reader(x) == node:
+                targets.append(x)
+            for name in targets:
+                if name in out:
+                    lo, hi = out[name]
+                    if node.op_type == "Min":
+                        out[name] = _clamp_range(lo, hi, -np.inf, float(np.max(c)))
+                    else:
+                        out[name] = _clamp_range(lo, hi, float(np.min(c)), np.inf)
         elif node.op_type == "Clip":
             bounds = clip_bounds(node, model)
             if bounds is None:
@@ -82,6 +102,17 @@ def narrow_ranges(model: onnx.ModelProto, ranges: Ranges) -> Ranges:
                     lo, hi = out[name]
                     out[name] = _clamp_range(lo, hi, *bounds)
     return out
+
+
+def _minmax_bounds(node: onnx.NodeProto, model: onnx.ModelProto) -> tuple[str, np.ndarray] | None:
+    """(activation input, constant values) of a two-input Min/Max with one initializer."""
+    inits = {t.name: t for t in model.graph.initializer}
+    a, b = node.input
+    if b in inits and a not in inits:
+        return a, numpy_helper.to_array(inits[b])
+    if a in inits and b not in inits:
+        return b, numpy_helper.to_array(inits[a])
+    return None
 
 
 def _clamp_range(lo: float, hi: float, blo: float, bhi: float) -> tuple[float, float]:

@@ -95,6 +95,64 @@ class SystolicAddRule(BinaryRule):
         return super().apply(node, ctx)
 
 
+class SystolicMinMaxRule(OpRule):
+    """Min/Max of an int8 activation and a constant (e.g. the per-channel ReLU6 bound that
+    cross-layer equalization leaves) -> the same op on int8 on the host, the constant
+    quantized with the activation's scale; the output keeps that scale. Exact, since
+    quantization is monotone: ``Q(min(x, c)) == min(Q(x), Q(c))``."""
+
+    op_types = ("Min", "Max")
+    forms = QOP_ONLY
+
+    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
+        split = _activation_and_constant(node, ctx)
+        if split is None:
+            return []
+        return [n for n in (split[0], node.output[0]) if ctx.is_activation(n)]
+
+    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
+        split = _activation_and_constant(node, ctx)
+        if not ctx.static or split is None or ctx.opset < INT_MINMAX_OPSET:
+            return False
+        x, c = split
+        state = ctx.edge(x)
+        if state is None or state.params is None or state.params.per_channel:
+            return False
+        p = state.params
+        if p.qtype.np_dtype != np.int8:
+            return False
+        cq = datapath.quantize_linear(
+            np.asarray(ctx.constant(c), dtype=np.float32), p.scale, p.zero_point, np.int8
+        )
+        c_name = ctx.add_initializer(f"{node.output[0]}_bound", np.asarray(cq, np.int8))
+        yq = ctx.fresh(f"{node.output[0]}_quantized")
+        ctx.add_node(node.op_type, [state.q_name, c_name], [yq], name=node.name, inserted=False)
+        ctx.declare_quantized(node.output[0], yq, p, state.scale_name, state.zp_name)
+        return True
+
+
+#: ONNX Min/Max take int8 from opset 12.
+INT_MINMAX_OPSET = 12
+
+
+def _activation_and_constant(node: onnx.NodeProto, ctx: RewriteContext) -> tuple[str, str] | None:
+    """(activation, constant) inputs of a two-input Min/Max whose output keeps the
+    activation's shape; None otherwise."""
+    if len(node.input) != 2:
+        return None
+    a, b = node.input
+    if ctx.is_activation(a) and ctx.is_constant(b):
+        x, c = a, b
+    elif ctx.is_activation(b) and ctx.is_constant(a):
+        x, c = b, a
+    else:
+        return None
+    xs, ys = _dims(ctx.graph, x), _dims(ctx.graph, node.output[0])
+    if xs is None or xs != ys or not np.issubdtype(np.asarray(ctx.constant(c)).dtype, np.floating):
+        return None
+    return x, c
+
+
 class SystolicGemmRule(OpRule):
     """Gemm (transA = 0, alpha = 1, beta = 1, constant B, optional 1-D constant C).
 
@@ -184,6 +242,9 @@ def systolic_rules() -> dict[str, OpRule]:
     rules["Clip"] = act
     rules["Add"] = SystolicAddRule()
     rules["Gemm"] = SystolicGemmRule()
+    minmax = SystolicMinMaxRule()
+    rules["Min"] = minmax
+    rules["Max"] = minmax
     return {op: OptionRecorder(rule) for op, rule in rules.items()}
 
 

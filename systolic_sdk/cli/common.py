@@ -57,11 +57,11 @@ def backend_choices() -> list[str]:
         return ["cpu"]
 
 
-def backend_option() -> Callable[[F], F]:
-    """``--backend NAME`` (default cpu)."""
+def backend_option(default: str = "cpu") -> Callable[[F], F]:
+    """``--backend NAME``."""
     return click.option(
         "--backend",
-        default="cpu",
+        default=default,
         show_default=True,
         help=f"Target: {', '.join(backend_choices())} (cpu = stock onnxruntime).",
     )

@@ -1,4 +1,5 @@
-"""``systolic-quantize demo``: quantize the shipped model and score fp32 against int8."""
+"""``systolic-quantize demo``: quantize the shipped model for the Systolic backend, validate
+it (emulator against onnxruntime on its standard-ONNX lowering) and score it against fp32."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -23,6 +25,9 @@ from systolic_sdk.cli.common import (
 from systolic_sdk.errors import SdkError
 from systolic_sdk.quantization.types import OutputForm, QuantType
 
+if TYPE_CHECKING:
+    from runtime_emulator.validate import ValidationReport
+
 DEFAULT_MODEL_DIR = Path("models") / "digits_cnn"
 EVAL_BATCH = 250
 
@@ -39,6 +44,8 @@ class DemoResult:
     agreement: float  # fraction of samples where fp32 and quantized predict the same class
     output: Path | None = None
     quantized_model: onnx.ModelProto | None = field(default=None, repr=False)
+    #: Backends with a standard-ONNX lowering (systolic): the validation report.
+    validation: ValidationReport | None = field(default=None, repr=False)
 
 
 def default_model_dir() -> Path:
@@ -59,18 +66,22 @@ def default_model_dir() -> Path:
 def run_demo(
     model_dir: Path | str | None = None,
     *,
-    backend: str = "cpu",
-    quant_format: str = "qdq",
+    backend: str = "systolic",
+    quant_format: str | None = None,
     per_channel: bool = False,
     activation_type: QuantType = QuantType.QInt8,
     weight_type: QuantType = QuantType.QInt8,
+    layout: str | None = None,
     output: Path | str | None = None,
 ) -> DemoResult:
     """Quantize ``model_dir``/model.onnx (calibrated on calib.npz) and score both models.
 
-    ``quant_format`` is qdq or qoperator (static, calibrated) or integer (dynamic). On
+    ``quant_format`` is qdq or qoperator (static, calibrated) or integer (dynamic); None
+    is qoperator for systolic, qdq otherwise. ``layout`` (systolic): nchw or nhwc. On
     test.npz (``input``, ``label``) the fp32 model runs in onnxruntime and the quantized
-    one as its backend runs it (onnxruntime for cpu). Writes only ``output``.
+    one as its backend runs it (the emulator for systolic, onnxruntime for cpu). A backend
+    with a standard-ONNX lowering is also validated on the test split (bit-exactness of
+    every tensor against onnxruntime on the lowering). Writes only ``output``.
     """
     from systolic_sdk import api
     from systolic_sdk.calibration import ArrayReader
@@ -83,9 +94,11 @@ def run_demo(
     input_name = model.graph.input[0].name
     calib = _arrays(folder / "calib.npz", ("input",))["input"]
     test = _arrays(folder / "test.npz", ("input", "label"))
-    fmt = quant_format.lower()
+    fmt = (quant_format or ("qoperator" if backend == "systolic" else "qdq")).lower()
     if fmt not in FORMATS:
         raise SdkError(f"unknown format '{quant_format}' (choose from {', '.join(FORMATS)})")
+    if layout is not None and backend != "systolic":
+        raise SdkError("--layout applies to --backend systolic only")
     if fmt == "integer":
         mode = "dynamic"
         quantized = api.quantize_dynamic(
@@ -104,20 +117,31 @@ def run_demo(
             activation_type=activation_type,
             weight_type=weight_type,
             backend=backend,
+            extra_options={"SystolicLayout": layout} if layout else None,
         )
     from systolic_sdk.backends import get_backend
 
     x, labels = test["input"], test["label"]
     ref = _predict(_onnxruntime_runner(model), input_name, x)
-    got = _predict(functools.partial(get_backend(backend).run, quantized), input_name, x)
+    target = get_backend(backend)
+    prepared = mode == "static" and target.float_prep is not None
+    got = _predict(functools.partial(target.run, quantized), input_name, x)
+    validation = None
+    if target.lowering is not None:
+        from runtime_emulator.validate import validate
+
+        feeds = [{input_name: x[i : i + EVAL_BATCH]} for i in range(0, len(x), EVAL_BATCH)]
+        validation = validate(quantized, model, feeds, lowering=target.lower)
     if out is not None:
         api.save_output(quantized, out)
     granularity = "per-channel" if per_channel else "per-tensor"
     return DemoResult(
         model_dir=folder,
         description=(
-            f"{backend} backend, {fmt} {mode}, {granularity}, "
+            f"{backend} backend{f' {layout.upper()}' if layout else ''}, {fmt} {mode}, "
+            f"{granularity}, "
             f"{activation_type} activations, {weight_type} weights"
+            + (", equalized and bias-corrected" if prepared else "")
         ),
         samples=len(labels),
         fp32_accuracy=float(np.mean(ref == labels)),
@@ -125,6 +149,7 @@ def run_demo(
         agreement=float(np.mean(ref == got)),
         output=out,
         quantized_model=quantized,
+        validation=validation,
     )
 
 
@@ -163,17 +188,21 @@ def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.nda
 
 @click.command("demo", context_settings=CONTEXT_SETTINGS)
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-@backend_option()
+@backend_option(default="systolic")
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS, case_sensitive=False),
-    default="qdq",
-    show_default=True,
-    help="qdq/qoperator: static, calibrated on calib.npz; integer: dynamic.",
+    help="qdq/qoperator: static, calibrated on calib.npz; integer: dynamic.  "
+    "[default: qoperator for systolic, qdq for cpu]",
 )
 @click.option("--per-channel", is_flag=True, help="One weight scale per output channel.")
 @quant_type_options()
+@click.option(
+    "--layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    help="Systolic backend: nhwc writes QLinearConv_nhwc.  [default: nchw]",
+)
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Also write the quantized model."
 )
@@ -181,28 +210,35 @@ def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.nda
 def demo_command(
     model_dir: Path | None,
     backend: str,
-    fmt: str,
+    fmt: str | None,
     per_channel: bool,
     activation_type: str,
     weight_type: str,
+    layout: str | None,
     output: Path | None,
 ) -> None:
-    """Quantize the shipped model and compare it with fp32 on its test split.
+    """Quantize the shipped model for the Systolic accelerator, validate it, and compare
+    it with fp32 on its test split.
 
-    MODEL_DIR holds model.onnx, calib.npz (key 'input') and test.npz (keys 'input',
-    'label'); it defaults to models/digits_cnn. Nothing is written unless -o is given.
+    The int8 model runs in the bit-exact emulator; every tensor is compared with
+    onnxruntime running the model's standard-ONNX lowering (what the accelerator computes,
+    checked before deployment). MODEL_DIR holds model.onnx, calib.npz (key 'input') and
+    test.npz (keys 'input', 'label'); it defaults to models/digits_cnn. Nothing is written
+    unless -o is given. Exit code 1 when the validation finds an unexplained divergence.
 
     \b
     Examples:
       systolic-quantize demo
-      systolic-quantize demo --format qoperator --per-channel --activation-type quint8
-      systolic-quantize demo models/digits_cnn -o digits.int8.onnx
+      systolic-quantize demo --layout nhwc -o digits.systolic.onnx
+      systolic-quantize demo --backend cpu --format qoperator --per-channel \\
+          --activation-type quint8
     """
     result = run_demo(
         model_dir,
         backend=backend,
         quant_format=fmt,
         per_channel=per_channel,
+        layout=layout,
         output=output,
         **quant_types(activation_type, weight_type),
     )
@@ -214,5 +250,18 @@ def demo_command(
     )
     say(False, f"quantized accuracy: {100 * result.quantized_accuracy:6.2f} %")
     say(False, f"agreement:          {100 * result.agreement:6.2f} %  (same predicted class)")
+    report = result.validation
+    if report is not None:
+        exact = sum(t.bit_exact for t in report.tensors)
+        say(
+            False,
+            f"validation:         {'bit-exact' if report.bit_exact else 'DIVERGES'}, "
+            f"{exact}/{len(report.tensors)} tensors (emulator vs onnxruntime on the lowering)",
+        )
+        if report.first_divergence is not None:
+            d = report.first_divergence
+            say(False, f"first divergence:   {d.tensor} at {list(d.index)} ({d.cause})")
     if result.output is not None:
         say(False, f"wrote {result.output}")
+    if report is not None and not report.ok:
+        raise SystemExit(1)

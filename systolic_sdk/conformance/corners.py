@@ -109,7 +109,8 @@ _POOL = [
      EXACT_TIE, "a .5 tie that survives ReLU and the fused pool"),
     ("maxpool-fallback-group", ConvSpec(ConvGeom(c=4, m=4, h=8, w=8, group=2),
      pool=Pool((2, 2), (2, 2), (1, 1, 1, 1)), negative=True), False,
-     ("maxpool-fusion", "fallback-path", "group"), "grouped conv (fallback path) with a padded pool"),
+     ("maxpool-fusion", "fallback-path", "group"),
+     "grouped conv (fallback path) with a padded pool"),
 ]  # fmt: skip
 
 _NHWC_SKIP = {"tie-m1_32", "tie-m0.375", "tie-f32-relu", "acc-gt-2^24-wide-k", "depthwise-x2"}

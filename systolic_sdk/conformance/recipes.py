@@ -232,8 +232,9 @@ def conv_recipe(spec: ConvSpec, nhwc: bool) -> Recipe:
             )
         op = "QLinearConv_nhwc" if nhwc else "QLinearConv"
         if nhwc:
-            x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(
-                w.transpose(2, 3, 1, 0)
+            x, w = (
+                np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
             )
         consts = {
             "x_scale": _scalar(s_x),

@@ -1,31 +1,25 @@
 """The tags of a case: statements about which datapath corners it exercises, each derived
-from the case's step-wise trace (never declared), so every tag is true.
+from the case's step-wise trace (never declared), so every tag is true. A tag holds when:
 
-| tag | true when |
-| --- | --- |
-| ``tie`` | rounding half away from zero instead of half to even changes the output |
-| ``tie-exact`` | ... changes it when applied only to ties of the exact arithmetic |
-| ``tie-f32-rounded`` | ... changes it when applied only to ties created by float32 rounding |
-| ``saturation-hi`` / ``saturation-lo`` | a rounded value above 127 / below -128 was saturated |
-| ``rescale-saturation`` | a QLinearAdd input saturated when rescaled to the output scale |
-| ``acc-gt-2^24`` | some int32 accumulator has magnitude above 2**24 and its float32 conversion is inexact |
-| ``acc-near-2^31`` | some exact accumulator has magnitude at least 2**30 |
-| ``int32-wrap`` | some exact accumulator lies outside int32 and wraps |
-| ``conv-padding`` | a conv pad is > 0 |
-| ``pool-padding`` | a pool pad is > 0 |
-| ``pool-pad-as-zero`` | fused pool on the accelerator path, and counting padding as 0 changes the output |
-| ``pool-pad-excluded`` | fused pool on the fallback path, and excluding padding changes the output |
-| ``pool-pads-asymmetric`` | a fused pool's four pads are not all equal |
-| ``accelerator-path`` / ``fallback-path`` | how the runtime runs a QLinearConv_nhwc (spec 3) |
-| ``stride`` / ``dilation`` | a conv or pool stride / dilation is > 1 |
-| ``group`` | 1 < group and more than one input channel per group |
-| ``depthwise`` | one input channel per group, more than one group |
-| ``odd-shape`` | a GEMM dimension (rows, K, columns) or an elementwise size is not a multiple of DIM=16 |
-| ``dim-aligned`` | every such dimension is a multiple of 16 |
-| ``relu`` | a ReLU (fused or QLinearRelu) clamps at least one negative value |
-| ``maxpool-fusion`` | QLinearConv_nhwc with ``maxpool=1`` |
-| ``batched`` | QLinearMatMul with a 3-D or higher input |
-| ``extremes`` | an int8 input holds both -128 and 127 |
+- ``tie``: rounding half away from zero instead of half to even changes the output;
+  ``tie-exact`` / ``tie-f32-rounded``: it does so when applied only to ties of the exact
+  arithmetic / only to ties that float32 rounding created;
+- ``saturation-hi`` / ``saturation-lo``: a rounded value above 127 / below -128 saturated;
+  ``rescale-saturation``: a QLinearAdd input saturated when rescaled to the output scale;
+- ``acc-gt-2^24``: an int32 accumulator above 2**24 in magnitude converts to float32
+  inexactly; ``acc-near-2^31``: an exact accumulator is at least 2**30 in magnitude;
+  ``int32-wrap``: an exact accumulator lies outside int32 and wraps;
+- ``conv-padding`` / ``pool-padding``: a conv / pool pad is > 0; ``pool-pads-asymmetric``:
+  a fused pool's four pads are not all equal; ``pool-pad-as-zero`` (accelerator path) /
+  ``pool-pad-excluded`` (fallback path): the fused pool's padding rule changes the output;
+  ``accelerator-path`` / ``fallback-path``: how the runtime runs a QLinearConv_nhwc;
+- ``stride`` / ``dilation``: a conv or pool stride / dilation is > 1; ``group``: 1 < group
+  with several input channels per group; ``depthwise``: one input channel per group;
+- ``odd-shape``: a GEMM dimension (rows, K, columns), or an elementwise op's size, is not
+  a multiple of DIM=16; ``dim-aligned``: every one is;
+- ``relu``: a ReLU (fused or QLinearRelu) clamps at least one negative value;
+  ``maxpool-fusion``: QLinearConv_nhwc with ``maxpool=1``; ``batched``: QLinearMatMul with
+  a 3-D or larger input; ``extremes``: an int8 input holds both -128 and 127.
 """
 
 from __future__ import annotations
@@ -45,7 +39,7 @@ def _differs(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _gemm_dims(case: Case) -> list[int]:
     if case.op in ("QLinearConv", "QLinearConv_nhwc"):
-        x, w = case.operand(0), case.operand(3)
+        w = case.operand(3)
         group = int(case.attrs.get("group", 1))
         if case.op == "QLinearConv_nhwc":
             kh, kw, cg, m = w.shape
@@ -111,7 +105,8 @@ def derive_tags(case: Case, traces: dict[str, Trace]) -> list[str]:
             if any(s > 1 for s in a.get("pool_strides", [1, 1])):
                 tags.add("stride")
             if _differs(t.output, t.other_pool_rule_output.transpose(0, 2, 3, 1)):
-                tags.add("pool-pad-as-zero" if t.conv_path == "accelerator" else "pool-pad-excluded")
+                accel = t.conv_path == "accelerator"
+                tags.add("pool-pad-as-zero" if accel else "pool-pad-excluded")
     if case.op == "MaxPool":
         if any(p > 0 for p in a.get("pads", [])):
             tags.add("pool-padding")

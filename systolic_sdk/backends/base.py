@@ -22,6 +22,8 @@ from systolic_sdk.quantization.types import OutputForm, QuantType
 from systolic_sdk.quantization.warn import warn
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+#: A pass over the rewritten model that may read the run's options.
+PostPass = Callable[[onnx.ModelProto, QuantConfig], onnx.ModelProto]
 Ranges = dict[str, tuple[float, float]]
 RangePass = Callable[[onnx.ModelProto, Ranges], Ranges]
 Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
@@ -53,7 +55,7 @@ class Backend:
       correction), told by ``config.equalization``/``config.bias_correction`` (None: the
       backend's default); ``reader`` (may be None) is rewound before calibration.
     - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
-      ranges (static mode), ``post_passes`` on the rewritten model.
+      ranges (static mode), ``post_passes(model, config)`` on the rewritten model.
     """
 
     name: str
@@ -73,7 +75,7 @@ class Backend:
     #: ``extra_options`` keys this backend reads itself (the core does not warn about them).
     extra_option_keys: frozenset[str] = frozenset()
     pre_passes: Sequence[Pass] = ()
-    post_passes: Sequence[Pass] = ()
+    post_passes: Sequence[PostPass] = ()
     #: Static mode: ``(prepared model, ranges) -> ranges`` before the walk (e.g. narrowing
     #: a Relu's input range to its consumer's); rules' ``adjust_ranges`` run after them.
     range_passes: Sequence[RangePass] = ()

@@ -98,7 +98,7 @@ def quantize_model(
     ctx = RewriteContext(prepared, config, backend, ranges)
     out = walk(ctx)
     for p in backend.post_passes:
-        out = p(out)
+        out = p(out, config)
     props = {
         METADATA_BACKEND: backend.name,
         METADATA_VERSION: systolic_sdk.__version__,

@@ -114,7 +114,8 @@ def test_backend_passes_and_replaced_rules():
         seen.append("pre:" + ",".join(n.op_type for n in m.graph.node))
         return m
 
-    def post(m: onnx.ModelProto) -> onnx.ModelProto:
+    def post(m: onnx.ModelProto, config) -> onnx.ModelProto:
+        assert config.backend == "cpu_no_gemm"
         seen.append("post:" + str(op_count(m, "QLinearConv")))
         return m
 

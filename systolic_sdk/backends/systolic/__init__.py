@@ -18,7 +18,7 @@ standard-ONNX equivalent for stock onnxruntime.
   ``"gemmini-ort"`` (the default ONNX domain, as the Gemmini fork of onnxruntime
   registers them; onnx.checker is then skipped, as it rejects such ops).
 
-The options are recorded in the model's metadata (``systolic_sdk.systolic.*``).
+The post pass :func:`apply_options` reads them from the run's config.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from systolic_sdk.backends.systolic.layout import (
 )
 from systolic_sdk.backends.systolic.lowering import lower_systolic
 from systolic_sdk.backends.systolic.passes import fuse_relu, narrow_ranges, sync_domains
-from systolic_sdk.backends.systolic.rules import OPTION_METADATA, systolic_rules
+from systolic_sdk.backends.systolic.rules import systolic_rules
 from systolic_sdk.backends.systolic.schemas import register_schemas
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.quantization.config import QuantConfig
@@ -129,11 +129,11 @@ def systolic_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
     return dataclasses.replace(cfg, symmetric_activations=True, symmetric_weights=True)
 
 
-def apply_options(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Post pass: the layout and op flavour recorded in the model's metadata."""
-    props = {p.key: p.value for p in model.metadata_props}
-    layout = props.get(OPTION_METADATA["SystolicLayout"], "nchw")
-    domain = OPS_DOMAINS[props.get(OPTION_METADATA["SystolicOpsDomain"], "com.systolic")]
+def apply_options(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
+    """Post pass: the layout and op flavour asked for in ``config.extra_options``."""
+    options = config.extra_options
+    layout = str(options.get("SystolicLayout") or "nchw").lower()
+    domain = OPS_DOMAINS[str(options.get("SystolicOpsDomain") or "com.systolic").lower()]
     if layout == "nhwc":
         return to_nhwc(model, domain)
     if domain == SYSTOLIC_DOMAIN:

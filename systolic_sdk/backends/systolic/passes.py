@@ -121,7 +121,7 @@ def _clamp_range(lo: float, hi: float, blo: float, bhi: float) -> tuple[float, f
     return float(new_lo), float(new_hi)
 
 
-def fuse_relu(model: onnx.ModelProto) -> onnx.ModelProto:
+def fuse_relu(model: onnx.ModelProto, config: object = None) -> onnx.ModelProto:
     """Fold each QLinearRelu into its producing QLinearConv / QLinearAdd as ``relu=1``.
 
     Only when the producer's output has no other consumer and is not a graph output

@@ -245,46 +245,7 @@ def systolic_rules() -> dict[str, OpRule]:
     minmax = SystolicMinMaxRule()
     rules["Min"] = minmax
     rules["Max"] = minmax
-    return {op: OptionRecorder(rule) for op, rule in rules.items()}
-
-
-#: Metadata keys carrying the backend's extra_options to its post passes.
-OPTION_METADATA = {
-    "SystolicLayout": "systolic_sdk.systolic.layout",
-    "SystolicOpsDomain": "systolic_sdk.systolic.ops_domain",
-}
-
-
-class OptionRecorder(OpRule):
-    """Delegates to ``inner``; when a node is rewritten, records the Systolic
-    extra_options (SystolicLayout, SystolicOpsDomain) as metadata of the model being
-    rewritten, where the post passes (which see only the model) read them."""
-
-    def __init__(self, inner: OpRule) -> None:
-        self.inner = inner
-        self.op_types = inner.op_types
-        self.forms = inner.forms
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def supports(self, node: onnx.NodeProto, form: OutputForm) -> bool:
-        return self.inner.supports(node, form)
-
-    def activation_tensors(self, node: onnx.NodeProto, ctx: RewriteContext) -> list[str]:
-        return self.inner.activation_tensors(node, ctx)
-
-    def adjust_ranges(self, node: onnx.NodeProto, ctx: RewriteContext) -> None:
-        self.inner.adjust_ranges(node, ctx)
-
-    def apply(self, node: onnx.NodeProto, ctx: RewriteContext) -> bool:
-        props = {p.key for p in ctx.model.metadata_props}
-        for option, key in OPTION_METADATA.items():
-            value = ctx.config.extra_options.get(option)
-            if value is not None and key not in props:
-                prop = ctx.model.metadata_props.add()
-                prop.key, prop.value = key, str(value).lower()
-        return self.inner.apply(node, ctx)
+    return rules
 
 
 def _dims(graph: onnx.GraphProto, name: str) -> tuple | None:

@@ -18,6 +18,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("systolic_sdk.cli.emulate_cmd", "emulate"),
     ("systolic_sdk.cli.validate_cmd", "validate_command"),
     ("systolic_sdk.cli.vectors_cmd", "export_vectors"),
+    ("systolic_sdk.cli.conformance_cmd", "conformance"),
+    ("systolic_sdk.cli.report_cmd", "report_command"),
 ]
 
 
@@ -46,7 +48,8 @@ def cli() -> None:
 
     \b
     Start here:
-      systolic-quantize demo                      quantize and score the shipped model
+      systolic-quantize demo                      quantize the shipped model for Systolic,
+                                                  validate it bit for bit, score it
       systolic-quantize quantize M.onnx -o Q.onnx --calibration-data data.npz
       systolic-quantize COMMAND --help            every option of a command
     """

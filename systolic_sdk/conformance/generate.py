@@ -54,7 +54,7 @@ class ConformanceError(SdkError):
 
 
 def select_ops(ops: Sequence[str] | None) -> list[str]:
-    """The op names to generate (case-insensitive; all when None or empty)."""
+    """The op names to generate, in table order (case-insensitive; all when None or empty)."""
     if not ops:
         return list(OP_NAMES)
     by_lower = {name.lower(): name for name in OP_NAMES}
@@ -63,9 +63,8 @@ def select_ops(ops: Sequence[str] | None) -> list[str]:
         name = by_lower.get(op.strip().lower())
         if name is None:
             raise ConformanceError(f"--ops: unknown op '{op}' (choose from {', '.join(OP_NAMES)})")
-        if name not in chosen:
-            chosen.append(name)
-    return chosen
+        chosen.append(name)
+    return [name for name in OP_NAMES if name in chosen]
 
 
 def case_name(corner: Corner, index: int) -> str:

@@ -33,6 +33,9 @@ class UserError(click.ClickException):
 
 
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # COMMANDS order: the main job first
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

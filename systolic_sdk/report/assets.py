@@ -120,6 +120,7 @@ JS = r"""
     }
     el("line", { x1: x0, x2: x0, y1: y(lo), y2: y(hi), "class": "axis" }, svg);
   }
+  function barWidth(n) { return Math.max(12, Math.min(36, Math.floor(640 / Math.max(n, 1)))); }
   function niceTicks(lo, hi, n) {
     var span = hi - lo || 1, step = Math.pow(10, Math.floor(Math.log10(span / n)));
     var err = span / n / step;
@@ -132,8 +133,8 @@ JS = r"""
   // Per-layer SQNR: one bar per layer; an exact layer (inf) reaches the top, in green.
   function drawSqnr(box) {
     var rows = data.layers.filter(function (l) { return !isNaN(num(l.sqnr_db)); });
-    var bw = 14, left = 48, top = 16, h = 220, bottom = 24;
-    var width = Math.max(360, left + rows.length * bw + 20);
+    var bw = barWidth(rows.length), left = 48, top = 20, h = 220, bottom = 24;
+    var width = Math.max(720, left + rows.length * bw + 20);
     var svg = svgFor(width, top + h + bottom);
     var finite = rows.map(function (l) { return num(l.sqnr_db); }).filter(isFinite);
     var hi = Math.max(10, Math.max.apply(null, finite.concat([0])) * 1.1);
@@ -150,7 +151,7 @@ JS = r"""
         "class": "mark " + (isFinite(v) ? opClass(l.op) : "bar-inf") }, svg);
       tip(r, l.name + " (" + l.op + ")\nSQNR " + fmt(v) + " dB\n" + l.tensor + " vs " +
         l.fp32_tensor);
-      if (rows.length <= 80 && (i % Math.ceil(rows.length / 40) === 0))
+      if (i % Math.ceil(rows.length / 40) === 0)
         label(svg, x + (bw - 3) / 2, top + h + 12, String(l.index), "", "middle");
     });
     label(svg, left, 11, "SQNR (dB) of each layer's dequantized output vs fp32; x: node index",
@@ -162,8 +163,8 @@ JS = r"""
   // the 2^24 (float32-exact) and 2^31 (int32) limits.
   function drawAcc(box) {
     var rows = data.layers.filter(function (l) { return l.accumulator; });
-    var bw = 16, left = 48, top = 16, h = 230, bottom = 24;
-    var width = Math.max(360, left + rows.length * bw + 70);
+    var bw = barWidth(rows.length), left = 48, top = 20, h = 230, bottom = 24;
+    var width = Math.max(720, left + rows.length * bw + 130);
     var svg = svgFor(width, top + h + bottom);
     var lo = 0, hi = 33;
     var y = function (v) {
@@ -171,12 +172,12 @@ JS = r"""
       return top + h - (Math.min(Math.max(l2, lo), hi) - lo) / (hi - lo) * h;
     };
     var ticks = [1, 1 << 4, 1 << 8, 1 << 12, 1 << 16, 1 << 20, Math.pow(2, 28), Math.pow(2, 32)];
-    yAxis(svg, left, width - 60, y, 1, Math.pow(2, hi), ticks,
+    yAxis(svg, left, width - 120, y, 1, Math.pow(2, hi), ticks,
       function (v) { return "2^" + Math.round(Math.log2(v)); });
     [[data.limits.f32_exact, "2^24 float32-exact"], [data.limits.int32, "2^31 int32"]]
       .forEach(function (p) {
-        el("line", { x1: left, x2: width - 60, y1: y(p[0]), y2: y(p[0]), "class": "limit" }, svg);
-        label(svg, width - 58, y(p[0]) + 3, p[1], "", "start");
+        el("line", { x1: left, x2: width - 120, y1: y(p[0]), y2: y(p[0]), "class": "limit" }, svg);
+        label(svg, width - 116, y(p[0]) + 3, p[1], "", "start");
       });
     rows.forEach(function (l, i) {
       var a = l.accumulator, x = left + 2 + i * bw;
@@ -203,8 +204,8 @@ JS = r"""
   // Cycles per layer on the array: estimated (bar) and ideal (inner bar).
   function drawCycles(box) {
     var rows = data.layers.filter(function (l) { return l.array; });
-    var bw = 16, left = 64, top = 16, h = 220, bottom = 24;
-    var width = Math.max(360, left + rows.length * bw + 20);
+    var bw = barWidth(rows.length), left = 64, top = 20, h = 220, bottom = 24;
+    var width = Math.max(720, left + rows.length * bw + 20);
     var svg = svgFor(width, top + h + bottom);
     var hi = Math.max.apply(null, rows.map(function (l) { return l.array.est_cycles; })
       .concat([1]));
@@ -232,7 +233,7 @@ JS = r"""
   // One activation histogram (log count), clip range lines, the outside shaded.
   function drawHist(box) {
     var a = data.activations[Number(box.getAttribute("data-index"))];
-    var left = 34, top = 8, w = 256, h = 90, bottom = 18;
+    var left = 44, top = 8, w = 240, h = 90, bottom = 18;
     var svg = svgFor(left + w + 8, top + h + bottom);
     var lo = a.edges[0], hi = a.edges[1], n = a.counts.length;
     var x = function (v) { return left + (v - lo) / (hi - lo) * w; };

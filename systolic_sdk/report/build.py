@@ -172,7 +172,8 @@ def build_report(
     points = quant_points(qmodel, reference.model, order)
     q_inits = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
     out_names = [o.name for o in qmodel.graph.output]
-    fp32_runner = _Fp32Runner(reference.model, {p.fp32 for p in points if p.fp32} | set(out_names))
+    wanted = {p.fp32 for p in points if p.fp32} | {p.result_fp32 for p in points if p.result_fp32}
+    fp32_runner = _Fp32Runner(reference.model, wanted | set(out_names))
     executor = Executor(qmodel, target=target, config=config)
     feeds_probe = {k: v[:1] for k, v in samples.items()}
     try:
@@ -272,6 +273,8 @@ def _collect(
             lay.note = "no fp32 counterpart found by name"
         elif lay.point.fp32 not in fp32_runner.available:
             lay.note = f"fp32 tensor '{lay.point.fp32}' cannot be fetched from onnxruntime"
+        elif lay.point.result_fp32 not in fp32_runner.available:
+            lay.note = f"fp32 tensor '{lay.point.result_fp32}' cannot be fetched from onnxruntime"
 
     # Pass 1: fp32 ranges (kept in memory while they fit the budget).
     extremes = {i: Extremes() for i in layers}
@@ -309,6 +312,7 @@ def _collect(
         )  # fmt: skip
 
     # Pass 2: the emulator node by node against the fp32 values.
+    results = {lay.point.result_index: lay for lay in layers.values() if lay.point.is_layer}
     out_sqnr = {n: SqnrSum() for n in out_names}
     top1 = {n: [0, 0] for n in out_names}
     for k, feeds in enumerate(feeds_list):
@@ -318,21 +322,22 @@ def _collect(
             if v is not None:
                 h.add(v)
         for rec in executor.iter_nodes(feeds):
+            res = results.get(rec.index)
+            if res is not None and res.note is None and res.point.index in qp:
+                p = res.point
+                q = rec.outputs.get(p.result)
+                if q is not None and p.result_fp32 in ref:
+                    scale, zp = qp[p.index]
+                    try:
+                        want = reference_values(p, ref[p.result_fp32], q.shape, result=True)
+                    except ValueError as exc:
+                        res.note = str(exc)
+                    else:
+                        res.sqnr.add(want, dp.dequantize_linear(q, scale, zp))
             lay = layers.get(rec.index)
             if lay is None:
                 continue
             node = rec.node
-            if lay.point.is_layer and lay.note is None and rec.index in qp:
-                q = rec.outputs.get(lay.point.tensor)
-                values = _point_values(lay.point, ref)
-                if q is not None and values is not None:
-                    scale, zp = qp[rec.index]
-                    try:
-                        want = reference_values(lay.point, ref[lay.point.fp32], q.shape)
-                    except ValueError as exc:
-                        lay.note = str(exc)
-                    else:
-                        lay.sqnr.add(want, dp.dequantize_linear(q, scale, zp))
             if node.op_type in ACCEL_OPS:
                 args = [rec.inputs.get(n) if n else None for n in node.input]
                 acc = layer_accumulators(node, args)
@@ -395,8 +400,10 @@ def _assemble(
             "index": i,
             "name": p.node,
             "op": p.op_type,
-            "tensor": p.tensor,
-            "fp32_tensor": p.fp32,
+            "tensor": p.result,
+            "fp32_tensor": p.result_fp32,
+            "output": p.tensor,
+            "clamped_by": list(p.clamped_by),
             "relu": p.relu,
             "layout": "NHWC" if p.nhwc else "NCHW",
             "scale": _scalar(scale),
@@ -447,6 +454,8 @@ def _assemble(
             {
                 "tensor": p.tensor,
                 "fp32_tensor": p.fp32,
+                "relu": p.relu,
+                "clamped_by": list(p.clamped_by),
                 "node": p.node,
                 "op": p.op_type,
                 "dtype": str(zp.dtype),

@@ -42,6 +42,9 @@ OUTPUT_QPARAMS: dict[str, tuple[int, int]] = {
 }
 _SUFFIXES = ("_quantized", "_nhwc", "_1x1")
 _FOLDED_ACTIVATIONS = ("Relu", "Clip")
+#: Ops on an int8 tensor that keep its scale and only clamp it (the Systolic backend's
+#: per-channel ReLU6 bound after cross-layer equalization is a Min).
+_CLAMPS = ("Min", "Max", "Clip", "Relu", "QLinearRelu")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class QuantPoint:
     fp32: str | None  # the fp32 tensor, None when no counterpart was found
     relu: bool  # apply max(x, 0) to the fp32 values
     nhwc: bool  # the quantized tensor is NHWC (fp32 is NCHW)
+    #: The layer's result, compared with fp32 for its SQNR: ``tensor``, or the output of
+    #: the int8 clamps (Min/Max/Clip/Relu with constant bounds) that alone consume it.
+    result: str = ""
+    result_index: int = -1
+    result_fp32: str | None = None
+    result_nhwc: bool = False
+    clamped_by: tuple[str, ...] = ()
 
     @property
     def is_layer(self) -> bool:
@@ -112,6 +122,10 @@ def quant_points(
     users = _consumers(fp32_model)
     q_names = {o for n in qmodel.graph.node for o in n.output if o}
     represented = {strip_suffixes(n)[0] for n in q_names if n.endswith(_SUFFIXES)}
+    q_users = _consumers(qmodel)
+    q_consts = {t.name for t in qmodel.graph.initializer}
+    q_outputs = {o.name for o in qmodel.graph.output}
+    position = {id(n): i for i, n in enumerate(order)}
     points = []
     for index, node in enumerate(order):
         pos = OUTPUT_QPARAMS.get(node.op_type)
@@ -140,6 +154,22 @@ def quant_points(
                 fp32 = folded
                 seen.add(fp32)
         zp = node.input[pos[1]] if len(node.input) > pos[1] else ""
+        result, result_index, clamps = out, index, []
+        while result not in q_outputs and node.op_type != "QuantizeLinear":
+            nxt = q_users.get(result, [])
+            if len(nxt) != 1 or nxt[0].op_type not in _CLAMPS or id(nxt[0]) not in position:
+                break
+            if any(n and n != result and n not in q_consts for n in nxt[0].input):
+                break
+            result, result_index = nxt[0].output[0], position[id(nxt[0])]
+            clamps.append(nxt[0].op_type)
+        result_fp32, result_nhwc = fp32, nhwc
+        if clamps:
+            base, result_nhwc = strip_suffixes(result)
+            if base in available:
+                result_fp32 = base
+            else:
+                result, result_index, clamps = out, index, []
         points.append(
             QuantPoint(
                 tensor=out,
@@ -151,25 +181,35 @@ def quant_points(
                 fp32=fp32,
                 relu=relu,
                 nhwc=nhwc,
+                result=result,
+                result_index=result_index,
+                result_fp32=result_fp32,
+                result_nhwc=result_nhwc,
+                clamped_by=tuple(clamps),
             )
         )
     return points
 
 
-def reference_values(point: QuantPoint, fp32: np.ndarray, q_shape: tuple[int, ...]) -> np.ndarray:
-    """The fp32 values laid out as the quantized tensor (``q_shape``), fused ReLU applied.
+def reference_values(
+    point: QuantPoint, fp32: np.ndarray, q_shape: tuple[int, ...], *, result: bool = False
+) -> np.ndarray:
+    """The fp32 values laid out as the quantized tensor (``q_shape``), fused ReLU applied;
+    with ``result``, those of the layer's result (see :attr:`QuantPoint.result`).
 
     Raises ValueError when the element counts differ.
     """
     ref = np.asarray(fp32, dtype=np.float32)
     if point.relu:
         ref = np.maximum(ref, np.float32(0))
+    name = point.result_fp32 if result else point.fp32
+    nhwc = point.result_nhwc if result else point.nhwc
     if ref.size != int(np.prod(q_shape, dtype=np.int64)):
         raise ValueError(
-            f"fp32 tensor '{point.fp32}' {list(ref.shape)} does not match "
-            f"'{point.tensor}' {list(q_shape)}"
+            f"fp32 tensor '{name}' {list(ref.shape)} does not match "
+            f"'{point.result if result else point.tensor}' {list(q_shape)}"
         )
-    if point.nhwc and len(q_shape) >= 3:
+    if nhwc and len(q_shape) >= 3:
         nchw = (q_shape[0], q_shape[-1], *q_shape[1:-1])
         perm = (0, *range(2, len(q_shape)), 1)
         return ref.reshape(nchw).transpose(perm)

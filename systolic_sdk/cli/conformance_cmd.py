@@ -39,7 +39,11 @@ def conformance() -> None:
               help="Random cases per (op, corner).")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical suites.")  # fmt: skip
-@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing suite at OUTPUT (other non-empty folders are refused).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @sdk_errors
 def generate_command(

@@ -172,11 +172,25 @@ def _write_case(
     }
 
 
+def _is_suite(folder: Path) -> bool:
+    try:
+        return json.loads((folder / MANIFEST_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _prepare_out(out: Path, force: bool) -> None:
+    """An output folder must be new or empty; ``force`` replaces an existing suite only (a
+    folder without a suite manifest is never deleted)."""
     if out.exists() and not out.is_dir():
         raise ConformanceError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConformanceError(f"{out}: folder is not empty (use --force to replace it)")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConformanceError(f"{out}: folder is not empty (use --force to replace a suite)")
+        if not _is_suite(out):
+            raise ConformanceError(
+                f"{out}: folder is not empty and holds no conformance suite; refusing to replace it"
+            )
     if not out.resolve().parent.is_dir():
         raise ConformanceError(f"{out}: parent folder {out.resolve().parent} does not exist")
 

@@ -117,7 +117,13 @@ def test_cli_generate(tmp_path: Path) -> None:
     _assert_one_line_error(result, "unknown op 'Gemm'")
     result = CliRunner().invoke(conformance, ["generate", "-o", str(tmp_path / "no" / "s")])
     _assert_one_line_error(result, "does not exist")
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind
+    other = tmp_path / "user_data"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(conformance, ["generate", "-o", str(other), "--force"])
+    _assert_one_line_error(result, "holds no conformance suite")
+    assert (other / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*before, "user_data"]  # no leftovers
     result = CliRunner().invoke(conformance, ["generate", "-o", str(out), "--ops", "MaxPool",
                                               "--force", "-q"])  # fmt: skip
     assert result.exit_code == 0 and result.output == ""

@@ -125,11 +125,15 @@ def run_command(
             if not quiet:
                 click.echo(f"PASS   {result.name}")
         else:
-            click.echo(f"{result.status.upper():<6} {result.name}: {result.message}")
+            tags = ",".join(result.tags)
+            click.echo(f"{result.status.upper():<6} {result.name} [{tags}]: {result.message}")
 
     report = run_suite(loaded, fn, list(patterns) or None, on_result=show)
     report.backend = backend
     click.echo(report.summary())
+    shared = report.shared_failure_tags()
+    if shared:
+        click.echo(f"every failing case is tagged: {', '.join(shared)}")
     if junit is not None:
         write_junit(junit, report, loaded)
     if not report.ok:

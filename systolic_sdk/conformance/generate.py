@@ -113,7 +113,7 @@ def _emulate(case: Case, name: str, stepwise: np.ndarray) -> tuple[Any, np.ndarr
     if diff is not None:
         raise ConformanceError(
             f"case {name}: the emulator's output differs from the datapath steps at index "
-            f"{diff} ({got[diff]} vs {stepwise[diff]}); runtime_emulator needs a fix"
+            f"{diff} ({got[diff]} vs {stepwise[diff]}): a bug in one of them"
         )
     return model, got
 
@@ -179,6 +179,14 @@ def _is_suite(folder: Path) -> bool:
         return False
 
 
+def _tag_counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        for tag in entry["tags"]:
+            counts[tag] = counts.get(tag, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _prepare_out(out: Path, force: bool) -> None:
     """An output folder must be new or empty; ``force`` replaces an existing suite only (a
     folder without a suite manifest is never deleted)."""
@@ -230,6 +238,7 @@ def generate_suite(
             "ops": chosen,
             "expected_outputs": "runtime_emulator (bit-exact Systolic datapath), target systolic",
             "comparison": "exact: dtype, shape and every bit",
+            "tag_counts": _tag_counts(entries),
             "cases": entries,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -212,8 +212,9 @@ def conv_recipe(spec: ConvSpec, nhwc: bool) -> Recipe:
             low = 30.0 if spec.pool else 0.0
             cands = tie_accumulators(m, spec.relu or spec.pool is not None, kind, low, 100.0)
             idx = tuple(int(rng.integers(s)) for s in acc.shape)
-            t = int(cands[np.argmin(np.abs(cands - acc[idx]) + rng.random(cands.size) * 8)])
-            bias[idx[1]] = I32(int(bias[idx[1]]) + t - int(acc[idx]))
+            if cands.size:  # else the draw is rejected unless it holds a tie already
+                t = int(cands[np.argmin(np.abs(cands - acc[idx]) + rng.random(cands.size) * 8)])
+                bias[idx[1]] = I32(int(bias[idx[1]]) + t - int(acc[idx]))
         attrs: dict[str, Any] = {
             "dilations": list(g.dilations),
             "group": g.group,

@@ -83,6 +83,7 @@ class CaseResult:
     status: str
     message: str = ""
     seconds: float = 0.0
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -99,6 +100,12 @@ class SuiteReport:
     def ok(self) -> bool:
         return all(r.status == "pass" for r in self.results)
 
+    def shared_failure_tags(self) -> list[str]:
+        """Tags carried by every case that did not pass (a hint at the cause: all failures
+        tagged ``tie`` point at the rounding rule)."""
+        bad = [set(r.tags) for r in self.results if r.status != "pass"]
+        return sorted(set.intersection(*bad)) if bad else []
+
     def summary(self) -> str:
         n = len(self.results)
         return (
@@ -113,6 +120,15 @@ def _bits(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind in "biuf" and a.dtype.itemsize in kinds:
         return a.view(kinds[a.dtype.itemsize])
     return a
+
+
+def _show(a: np.ndarray, idx: tuple[int, ...]) -> str:
+    """One element: the integer, or the float with its bit pattern."""
+    v = a[idx]
+    if a.dtype.kind == "f":
+        bits = int(_bits(np.asarray(v, dtype=a.dtype).reshape(1))[0])
+        return f"{v.item()!r} (0x{bits:0{2 * a.dtype.itemsize}x})"
+    return repr(v.item())
 
 
 def compare_outputs(expected: Sequence[tuple[str, np.ndarray]], got: Any) -> str | None:
@@ -135,7 +151,8 @@ def compare_outputs(expected: Sequence[tuple[str, np.ndarray]], got: Any) -> str
             idx = tuple(int(i) for i in np.unravel_index(flat, want.shape))
             return (
                 f"output '{name}': {int(np.count_nonzero(neq))} of {want.size} elements "
-                f"differ; first at index {list(idx)}: got {have[idx]!r}, expected {want[idx]!r}"
+                f"differ; first at index {list(idx)}: got {_show(have, idx)}, "
+                f"expected {_show(want, idx)}"
             )
     return None
 
@@ -149,11 +166,12 @@ def run_case(case: SuiteCase, backend: BackendFn) -> CaseResult:
         got = backend(str(case.model), inputs)
     except Exception as exc:  # noqa: BLE001  (the backend under test may raise anything)
         seconds = time.perf_counter() - start
-        return CaseResult(case.name, case.op, "error", f"backend raised {_one_line(exc)}", seconds)
+        message = f"backend raised {_one_line(exc)}"
+        return CaseResult(case.name, case.op, "error", message, seconds, list(case.tags))
     seconds = time.perf_counter() - start
     problem = compare_outputs(expected, got)
     status = "pass" if problem is None else "fail"
-    return CaseResult(case.name, case.op, status, problem or "", seconds)
+    return CaseResult(case.name, case.op, status, problem or "", seconds, list(case.tags))
 
 
 def run_suite(

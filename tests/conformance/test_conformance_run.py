@@ -3,6 +3,7 @@ cases they should, JUnit XML, and the ``conformance run`` command line."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def test_failure_names_first_index_and_values(suite_dir: Path) -> None:
     report = run_suite(suite_dir, f"{BACKENDS}:half_away_from_zero", ["quantizelinear-tie"])
     assert report.results and all(r.status == "fail" for r in report.results)
     msg = report.results[0].message
-    assert "first at index [" in msg and "got " in msg and "expected " in msg
+    assert re.search(r"first at index \[\d+, \d+, \d+, \d+\]: got -?\d+, expected -?\d+$", msg)
+    report = run_suite(suite_dir, f"{BACKENDS}:one_ulp_off", ["dequantizelinear"])
+    msg = report.results[0].message
+    assert re.search(r"got \S+ \(0x[0-9a-f]{8}\), expected \S+ \(0x[0-9a-f]{8}\)$", msg), msg
 
 
 @pytest.mark.parametrize(
@@ -116,7 +120,11 @@ def test_junit_xml_counts(suite_dir: Path, manifest: dict, tmp_path: Path) -> No
     assert all(tc.get("classname").startswith("conformance.") for tc in cases)
     # -q prints failures and the summary only
     lines = result.output.strip().splitlines()
-    assert len(lines) == len(tie) + 1 and lines[-1].startswith(f"{len(manifest['cases'])} cases")
+    assert len(lines) == len(tie) + 2
+    assert all(line.startswith("FAIL ") and "tie" in line.split()[2] for line in lines[:-2])
+    assert lines[-2].startswith(f"{len(manifest['cases'])} cases")
+    assert lines[-1].startswith("every failing case is tagged: ")
+    assert "tie" in lines[-1].split(": ")[1].split(", ")
 
 
 def test_cli_run_passes_and_selects(suite_dir: Path, manifest: dict) -> None:

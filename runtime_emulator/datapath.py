@@ -185,7 +185,7 @@ def requantize_f32(
             v = np.nan_to_num(np.clip(rne(v), lo - 2.0**32, hi + 2.0**32), nan=0.0)
         y = saturate(v.astype(np.int64) + zp.astype(np.int64), dtype)
     else:
-        np.rint(v, out=v)
+        v = np.asarray(rne(v), dtype=F32)
         if np.any(zp != 0):
             v = np.add(v, zp.astype(F32), dtype=F32)
         np.clip(v, lo, hi, out=v)
@@ -193,6 +193,35 @@ def requantize_f32(
     if relu:
         y = np.maximum(y, zp.astype(y.dtype))
     return y
+
+
+def requantize_f32_into(
+    acc_f: np.ndarray,
+    multiplier: np.ndarray | float,
+    out: np.ndarray,
+    zero_point: int = 0,
+    relu: bool = False,
+) -> None:
+    """:func:`requantize_f32` written into ``out`` (an integer array or view with
+    ``acc_f``'s shape, whose dtype is the output type), for a finite ``multiplier`` and a
+    per-tensor zero point. ``acc_f`` is overwritten.
+
+    Same steps: ``f32(acc_f * M)``, :func:`rne`, ``+ zp`` (exact: the rounded value is
+    clipped first when large), saturation, and the fused ReLU as a lower bound of the
+    clip (``max(sat(r + zp), zp) == clip(r + zp, max(lo, zp), hi)`` for integers ``r``).
+    """
+    lo, hi = qrange(out.dtype)
+    zp = int(zero_point)
+    with np.errstate(over="ignore"):
+        np.multiply(acc_f, np.asarray(multiplier, dtype=F32), out=acc_f, dtype=F32)
+    v = np.asarray(rne(acc_f), dtype=F32)
+    if zp:
+        # |v| may exceed 2**24 where adding zp would round: clip it first (either way the
+        # result saturates), then add exactly.
+        np.clip(v, lo - zp - 1, hi - zp + 1, out=v)
+        np.add(v, F32(zp), out=v)
+    np.clip(v, max(lo, zp) if relu else lo, hi, out=v)
+    np.copyto(out, v, casting="unsafe")
 
 
 def quantize_bias(

@@ -339,6 +339,10 @@ class Executor:
         }
         for sp in graph.sparse_initializer:
             self.initializers[sp.values.name] = _dense(sp)
+        for arr in self.initializers.values():
+            # Constants: kernels may prepare derived data (e.g. float32 weights) once
+            # per model, keyed on these very arrays, so they must not change.
+            arr.flags.writeable = False
         self.inputs = [vi for vi in graph.input if vi.name not in self.initializers]
         self.optional_inputs = [vi for vi in graph.input if vi.name in self.initializers]
         self.output_names = [o.name for o in graph.output]
@@ -357,7 +361,11 @@ class Executor:
                     target=self.target,
                     node_name=node.name or node.op_type,
                     opset=self.opsets.get(domain, self.opsets.get("", 13)),
-                    extra={"array": self.config, **_output_request(node)},
+                    extra={
+                        "array": self.config,
+                        **_output_request(node),
+                        "constant_inputs": self._constant_inputs(node),
+                    },
                 )
                 self._plans.append(("kernel", kernel, attrs, ctx))
             else:
@@ -366,6 +374,16 @@ class Executor:
                 )
                 self._plans.append(("float", runner, {}, None))
         self._last_use = self._compute_last_use()
+
+    def _constant_inputs(self, node: onnx.NodeProto) -> frozenset[int]:
+        """Positions of the node's inputs that are initializers no feed can replace (the
+        same read-only array on every run)."""
+        fed = {vi.name for vi in self.optional_inputs}
+        return frozenset(
+            i
+            for i, name in enumerate(node.input)
+            if name and name in self.initializers and name not in fed
+        )
 
     def _compute_last_use(self) -> dict[str, int]:
         last: dict[str, int] = {}

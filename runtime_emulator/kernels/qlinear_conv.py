@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime_emulator import datapath as dp
+from runtime_emulator.conv_blocks import ConvWeights, conv_requantize, prepare_conv_weights
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import (
     CONV_INPUT_NAMES,
@@ -53,6 +54,17 @@ def conv_integer_core(
     """The int32 accumulator ``wrap32(bias + sum (x - x_zp) * (w - w_zp))`` of an NC...
     integer convolution (with ``as_f32``, that accumulator converted to float32, the first
     step of requantization)."""
+    geometry = conv_geometry(x, w, attrs, ctx)
+    wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
+    accumulate = dp.conv_accumulate_f32 if as_f32 else dp.conv_accumulate_wrap32
+    return accumulate(_centered(x, x_zp), _centered(w, wz), bias, **geometry)
+
+
+def conv_geometry(
+    x: np.ndarray, w: np.ndarray, attrs: dict[str, Any], ctx: KernelContext
+) -> dict[str, Any]:
+    """strides, pads (explicit, after auto_pad), dilations and group of an NC... conv,
+    checked against the shapes."""
     if x.ndim < 3 or w.ndim != x.ndim:
         raise fail(ctx, f"x {list(x.shape)} and w {list(w.shape)} must be N-D with equal rank")
     spatial = list(x.shape[2:])
@@ -68,17 +80,7 @@ def conv_integer_core(
         span = pads[i] + pads[i + n]
         if dp.conv_output_size(size, kernel[i], strides[i], dilations[i], span) < 1:
             raise fail(ctx, f"the kernel does not fit the padded input along spatial axis {i}")
-    wz = w_zp.reshape((-1,) + (1,) * (w.ndim - 1)) if w_zp.ndim == 1 else w_zp
-    accumulate = dp.conv_accumulate_f32 if as_f32 else dp.conv_accumulate_wrap32
-    return accumulate(
-        _centered(x, x_zp),
-        _centered(w, wz),
-        bias,
-        strides=strides,
-        pads=pads,
-        dilations=dilations,
-        group=group,
-    )
+    return {"strides": strides, "pads": pads, "dilations": dilations, "group": group}
 
 
 def qlinear_conv_nchw(
@@ -108,12 +110,40 @@ def qlinear_conv_nchw(
     w_scale = per_channel(w_scale, m, "w_scale", ctx)
     if bias is not None and (bias.dtype != np.int32 or bias.shape != (m,)):
         raise fail(ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}")
-    acc_f = conv_integer_core(x, x_zp, w, w_zp, attrs, ctx, bias, as_f32=True)
-    mult = dp.requant_multiplier(x_scale, w_scale, y_scale)
-    if mult.ndim == 1:
-        mult = mult.reshape((m,) + (1,) * (acc_f.ndim - 2))
-    relu = bool(attrs.get("relu", 0))
-    return dp.requantize_f32(acc_f, mult, y_dtype, y_zp, relu=relu)
+    geometry = conv_geometry(x, w, attrs, ctx)
+    wc, prepared = _weights(w, w_zp, inputs, ctx)
+    return conv_requantize(
+        _centered(x, x_zp),
+        wc,
+        bias,
+        dp.requant_multiplier(x_scale, w_scale, y_scale),
+        y_dtype,
+        y_zp,
+        bool(attrs.get("relu", 0)),
+        weights=prepared,
+        **geometry,
+    )
+
+
+def _weights(
+    w: np.ndarray, w_zp: np.ndarray, inputs: Sequence[np.ndarray | None], ctx: KernelContext
+) -> tuple[np.ndarray, ConvWeights | None]:
+    """``w - w_zp`` and its :class:`ConvWeights`, made once per model when the executor
+    says ``w`` and its zero point are constants (read-only initializers, the same arrays
+    on every run; ``ctx.extra["constant_inputs"]``): then kept in the node's context."""
+    const = ctx.extra.get("constant_inputs", ())
+    w_in = inputs[3]
+    zp_in = inputs[5] if len(inputs) > 5 else None
+    if 3 not in const or (zp_in is not None and 5 not in const):
+        return _centered(w, w_zp.reshape((-1,) + (1,) * (w.ndim - 1))), None
+    cached = ctx.extra.get("conv_weights")
+    if cached is not None and cached[0] is w_in and cached[1] is zp_in:
+        return cached[2], cached[3]
+    wc = _centered(w, w_zp.reshape((-1,) + (1,) * (w.ndim - 1)))
+    prepared = prepare_conv_weights(wc)
+    # The entry keeps the input arrays alive: an identity match means the same arrays.
+    ctx.extra["conv_weights"] = (w_in, zp_in, wc, prepared)
+    return wc, prepared
 
 
 @register("QLinearConv")

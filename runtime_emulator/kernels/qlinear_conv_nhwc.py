@@ -96,6 +96,17 @@ def _check_pool_attrs(attrs: dict[str, Any], ctx: KernelContext) -> tuple[list[i
     return pk, ps, pp
 
 
+def _oihw(w: np.ndarray, ctx: KernelContext) -> np.ndarray:
+    """HWIO weights as OIHW; made once per model when ``w`` is a constant (the node's
+    context keeps it, so the NCHW body sees the same array on every run)."""
+    if 3 not in ctx.extra.get("constant_inputs", ()):
+        return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+    cached = ctx.extra.get("oihw_weights")
+    if cached is None or cached[0] is not w:
+        cached = ctx.extra["oihw_weights"] = (w, np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+    return cached[1]
+
+
 @register("QLinearConv_nhwc", "", SYSTOLIC_DOMAIN)
 def qlinear_conv_nhwc(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
@@ -107,7 +118,7 @@ def qlinear_conv_nhwc(
         raise fail(ctx, f"x {list(x.shape)} must be NHWC and w {list(w.shape)} HWIO (4-D)")
     nchw = list(inputs)
     nchw[0] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    nchw[3] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+    nchw[3] = _oihw(w, ctx)
     y = qlinear_conv_nchw(nchw, attrs, ctx)
     if int(attrs.get("maxpool", 0)):
         pk, ps, pp = _check_pool_attrs(attrs, ctx)

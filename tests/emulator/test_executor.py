@@ -480,3 +480,91 @@ def test_maxpool_omitted_indices_is_not_requested(kernels: None) -> None:
     assert ex._output_request(node) == {"num_outputs": 1, "wanted_outputs": [True, False]}
     both = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2])
     assert ex._output_request(both)["num_outputs"] == 2
+
+
+def _qlinearconv_model(w: np.ndarray, *, w_is_input: bool, nhwc: bool = False) -> onnx.ModelProto:
+    """x -> QLinearConv (3x3, pads 1, relu) -> y, with ``w`` an initializer that may also
+    be listed as a graph input (so a feed can replace it)."""
+    params = {
+        "xs": np.array(0.02, np.float32),
+        "zp": np.array(0, np.int8),
+        "w": w,
+        "ws": np.array(0.003, np.float32),
+        "ys": np.array(0.05, np.float32),
+        "b": np.arange(-4, 4, dtype=np.int32) * 100,
+    }
+    op, domain = ("QLinearConv_nhwc", SYSTOLIC_DOMAIN) if nhwc else ("QLinearConv", "")
+    node = helper.make_node(
+        op,
+        ["x", "xs", "zp", "w", "ws", "zp", "ys", "zp", "b"],
+        ["y"],
+        name="conv",
+        domain=domain,
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
+        relu=1,
+    )
+    x_shape = [2, 6, 6, 3] if nhwc else [2, 3, 6, 6]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.INT8, x_shape)]
+    if w_is_input:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.INT8, list(w.shape)))
+    inits = [numpy_helper.from_array(v, k) for k, v in params.items()]
+    opsets = (("", 13), (SYSTOLIC_DOMAIN, 1)) if nhwc else (("", 13),)
+    return _model(
+        [node],
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+        inits,
+        opsets=opsets,
+    )
+
+
+def _conv_reference(x_nchw: np.ndarray, w_oihw: np.ndarray) -> np.ndarray:
+    from runtime_emulator import datapath as dp
+
+    kw = {"strides": [1, 1], "pads": [1] * 4, "dilations": [1, 1], "group": 1}
+    acc = dp.conv_accumulate_reference(x_nchw, w_oihw, **kw)
+    acc = acc + (np.arange(-4, 4, dtype=np.int64) * 100).reshape(8, 1, 1)
+    m = dp.requant_multiplier(np.float32(0.02), np.float32(0.003), np.float32(0.05))
+    return dp.requantize(dp.wrap32(acc), m, np.int8, 0, relu=True)
+
+
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+def test_conv_weights_are_prepared_once_per_model(
+    kernels: None, monkeypatch: pytest.MonkeyPatch, nhwc: bool
+) -> None:
+    from runtime_emulator.kernels import qlinear_conv
+
+    calls: list[int] = []
+    real = qlinear_conv.prepare_conv_weights
+    monkeypatch.setattr(qlinear_conv, "prepare_conv_weights", lambda w: calls.append(1) or real(w))
+    rng = np.random.default_rng(11)
+    w = rng.integers(-128, 128, (8, 3, 3, 3), dtype=np.int8)
+    model = _qlinearconv_model(w.transpose(2, 3, 1, 0).copy() if nhwc else w, w_is_input=False,
+                               nhwc=nhwc)  # fmt: skip
+    execu = ex.Executor(model)
+    assert all(not a.flags.writeable for a in execu.initializers.values())
+    for seed in range(3):
+        x = np.random.default_rng(seed).integers(-128, 128, (2, 3, 6, 6), dtype=np.int8)
+        feed = x.transpose(0, 2, 3, 1).copy() if nhwc else x
+        y = execu.run({"x": feed})["y"]
+        np.testing.assert_array_equal(y.transpose(0, 3, 1, 2) if nhwc else y,
+                                      _conv_reference(x, w))  # fmt: skip
+    assert len(calls) == 1
+
+
+def test_fed_weights_are_not_taken_from_the_cache(kernels: None) -> None:
+    """An initializer that is also a graph input may be replaced by a feed: every run
+    uses the weights it was given."""
+    rng = np.random.default_rng(12)
+    w0 = rng.integers(-128, 128, (8, 3, 3, 3), dtype=np.int8)
+    execu = ex.Executor(_qlinearconv_model(w0, w_is_input=True))
+    x = rng.integers(-128, 128, (2, 3, 6, 6), dtype=np.int8)
+    np.testing.assert_array_equal(execu.run({"x": x})["y"], _conv_reference(x, w0))
+    w1 = w0.copy()
+    for _ in range(2):
+        w1[0] = -w1[0]
+        w1[3] = rng.integers(-128, 128, w1[3].shape)
+        # The same array object, changed in place between runs.
+        np.testing.assert_array_equal(execu.run({"x": x, "w": w1})["y"], _conv_reference(x, w1))
+    np.testing.assert_array_equal(execu.run({"x": x})["y"], _conv_reference(x, w0))

@@ -1,0 +1,234 @@
+"""The QLinearConv datapath (exact accumulation, bias, requantization) in blocks of samples.
+
+:func:`conv_requantize` computes exactly
+``requantize_f32(conv_accumulate_f32(x, w, bias, ...), M, dtype, zp, relu)`` (the spec's
+steps 2.2-2.5), faster where one float32 GEMM is provably exact:
+
+- the weights are prepared once per model (:class:`ConvWeights`: float32 matrix, largest
+  absolute value, largest absolute row sum) and the exactness bound of spec-level
+  ``abs_sum_plan`` is first tried from the weights alone: every partial sum of output
+  channel ``o`` is at most ``sum_k |w_ok| * max|x|``, with ``max|x| <= 128`` for int8 and
+  ``255`` for uint8, so when ``max_o sum_k |w_ok| * 128 <= 2**24`` no activation pass is
+  needed; otherwise the actual ``max|x|``, then the window bound of
+  :func:`datapath._conv_plan`, are tried;
+- the batch is cut in blocks of whole samples; each block builds its im2col matrix (one
+  strided copy per kernel tap), runs one float32 GEMM whose result lands in the
+  ``(channel, sample, pixel)`` order, and requantizes it while it is still in cache,
+  writing int8 straight into the NCHW output (:func:`datapath.requantize_f32_into`);
+- blocks run on every core (:mod:`runtime_emulator.threads`).
+
+Everything else (groups, a failed bound, non-finite multipliers, biases beyond 2**24)
+takes the general path, :func:`datapath.conv_accumulate_f32` then
+:func:`datapath.requantize_f32`. Both give the same bits; tests force each path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime_emulator import datapath as dp
+from runtime_emulator import threads
+
+F32 = np.float32
+#: Columns (samples x output pixels) a GEMM block should have at least, when the batch
+#: allows: narrower GEMMs lose BLAS efficiency.
+MIN_BLOCK_COLUMNS = 512
+#: Largest im2col block (elements) for one sample block; larger samples still run one
+#: at a time.
+MAX_BLOCK_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """Integer conv weights ``w`` (M, C, *kernel) prepared for the float32 GEMM.
+
+    ``matrix``: ``w`` as float32 (M, C * taps), contiguous; ``absmax``: ``max |w|``;
+    ``row_abs_sum``: ``max_o sum |w[o]|`` (an exact integer).
+    """
+
+    source: np.ndarray
+    matrix: np.ndarray
+    absmax: int
+    row_abs_sum: int
+
+
+def prepare_conv_weights(w: np.ndarray) -> ConvWeights:
+    """:class:`ConvWeights` of integer weights (M, C, *kernel); ``w`` is kept by reference."""
+    w = np.asarray(w)
+    m = w.shape[0]
+    flat = w.reshape(m, -1)
+    row = int(np.abs(flat, dtype=np.int64).sum(axis=1).max()) if flat.size else 0
+    matrix = np.ascontiguousarray(flat, dtype=F32)
+    return ConvWeights(w, matrix, dp._absmax(w), row)
+
+
+def _input_bound(x: np.ndarray) -> int:
+    """An upper bound of ``max |x|`` from the element type alone (8-bit inputs)."""
+    if x.dtype == np.int8:
+        return 128
+    if x.dtype == np.uint8:
+        return 255
+    return 2**62  # unknown: computed from the data
+
+
+def _single_gemm_exact(
+    x: np.ndarray,
+    wts: ConvWeights,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    outs: list[int],
+) -> bool:
+    """Whether one float32 GEMM over the whole K gives the exact sums (every partial sum
+    of every output at most 2**24 in magnitude, see :func:`datapath.abs_sum_plan`)."""
+    if wts.row_abs_sum * _input_bound(x) <= dp.F32_EXACT:
+        return True
+    x_max = dp._absmax(x)
+    if wts.row_abs_sum * x_max <= dp.F32_EXACT:
+        return True
+    k = wts.matrix.shape[1]
+    dtype, chunk = dp._conv_plan(x, wts.source, strides, pads, dilations, outs)
+    return dtype == np.float32 and chunk >= k
+
+
+def conv_requantize(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    multiplier: np.ndarray | float,
+    dtype: np.dtype | type = np.int8,
+    zero_point: np.ndarray | int = 0,
+    relu: bool = False,
+    *,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+    weights: ConvWeights | None = None,
+) -> np.ndarray:
+    """QLinearConv from the zero-point-corrected integers to the output type:
+    ``requantize_f32(conv_accumulate_f32(x, w, bias, ...), M, dtype, zero_point, relu)``.
+
+    ``x`` (N, C, *sizes) and ``w`` (M, C/group, *kernel) are integer arrays, ``bias``
+    int32 (M,) or None, ``multiplier`` float32 per tensor or with M elements (per output
+    channel), ``zero_point`` per tensor. ``weights`` (from :func:`prepare_conv_weights`
+    of this very ``w``) saves preparing them on every call.
+    """
+    m = w.shape[0]
+    mult = np.asarray(multiplier, dtype=F32)
+    zp = np.asarray(zero_point)
+    nsp = x.ndim - 2
+    outs = [
+        dp.conv_output_size(
+            x.shape[2 + i], w.shape[2 + i], strides[i], dilations[i], pads[i] + pads[i + nsp]
+        )
+        for i in range(nsp)
+    ]
+    fast = (
+        group == 1
+        and zp.size == 1
+        and mult.size in (1, m)
+        and bool(np.all(np.isfinite(mult)))
+        and (bias is None or dp._absmax(np.asarray(bias)) <= dp.F32_EXACT)
+        and x.size > 0
+        and w.size > 0
+        and min(outs, default=1) > 0
+    )
+    if fast:
+        wts = weights if weights is not None and weights.source is w else None
+        wts = wts or prepare_conv_weights(w)
+        fast = _single_gemm_exact(x, wts, strides, pads, dilations, outs)
+    m_shape = (m,) + (1,) * nsp
+    if not fast:
+        acc = dp.conv_accumulate_f32(
+            x, w, bias, strides=strides, pads=pads, dilations=dilations, group=group
+        )
+        mult_b = mult.reshape(m_shape) if mult.size > 1 else mult.reshape(())
+        return dp.requantize_f32(acc, mult_b, dtype, zp.reshape(()), relu)
+    return _blocked(x, wts, bias, mult, np.dtype(dtype), int(zp.reshape(())), relu,
+                    strides, pads, dilations, outs)  # fmt: skip
+
+
+def _sample_blocks(n: int, cols_per_sample: int, k: int) -> list[tuple[int, int]]:
+    """Split ``n`` samples into blocks: wide enough GEMMs, at least one block per worker
+    when the batch allows, im2col blocks of bounded size."""
+    per = max(1, -(-MIN_BLOCK_COLUMNS // max(cols_per_sample, 1)))
+    per = min(per, max(1, -(-n // threads.workers())))
+    per = max(1, min(per, MAX_BLOCK_ELEMENTS // max(k * cols_per_sample, 1)))
+    return [(i, min(n, i + per)) for i in range(0, n, per)]
+
+
+def _blocked(
+    x: np.ndarray,
+    wts: ConvWeights,
+    bias: np.ndarray | None,
+    mult: np.ndarray,
+    dtype: np.dtype,
+    zp: int,
+    relu: bool,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    outs: list[int],
+) -> np.ndarray:
+    n_batch, c = x.shape[:2]
+    m, k = wts.matrix.shape
+    kernel = list(wts.source.shape[2:])
+    nsp = len(kernel)
+    sizes = list(x.shape[2:])
+    npix = int(np.prod(outs)) if outs else 1
+    taps = k // c
+    out = np.empty((n_batch, m, npix), dtype=dtype)
+    bias_col = None if bias is None else np.asarray(bias).astype(F32).reshape(m, 1, 1)
+    mult_col = mult.reshape(m, 1, 1) if mult.size > 1 else mult.reshape(())
+    direct = taps == 1 and not any(pads) and all(s == 1 for s in strides)
+    padded = [sizes[i] + pads[i] + pads[i + nsp] for i in range(nsp)]
+    tap_list = list(np.ndindex(*kernel))
+    # Each tap reads a unit-stride window of one stride phase of the padded input.
+    phase_of, starts = [], []
+    for t in tap_list:
+        off = [t[i] * dilations[i] for i in range(nsp)]
+        phase_of.append(tuple(off[i] % strides[i] for i in range(nsp)))
+        starts.append([off[i] // strides[i] for i in range(nsp)])
+    strided = any(s > 1 for s in strides)
+
+    def block(n0: int, n1: int) -> None:
+        nb = n1 - n0
+        xb = np.moveaxis(x[n0:n1], 1, 0)  # (C, nb, *sizes), a view
+        if direct:
+            cols = dp._scratch("blk_cols", (c, nb, npix), F32)
+            cols.reshape(c, nb, *sizes)[...] = xb
+        else:
+            xp = dp._scratch("blk_xp", (c, nb, *padded), F32)
+            for i in range(nsp):  # zero the padding borders only
+                lead = (slice(None), slice(None)) + (slice(None),) * i
+                if pads[i]:
+                    xp[lead + (slice(0, pads[i]),)] = 0
+                if pads[i + nsp]:
+                    xp[lead + (slice(pads[i] + sizes[i], None),)] = 0
+            xp[(slice(None), slice(None)) + tuple(
+                slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))] = xb  # fmt: skip
+            cols = dp._scratch("blk_cols", (c, taps, nb, *outs), F32)
+            phases: dict[tuple[int, ...], np.ndarray] = {}
+            for ti in range(taps):
+                ph = phase_of[ti]
+                if ph not in phases:
+                    sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
+                    view = xp[(slice(None), slice(None)) + sl]
+                    phases[ph] = np.ascontiguousarray(view) if strided else view
+                q = starts[ti]
+                win = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
+                cols[:, ti] = phases[ph][(slice(None), slice(None)) + win]
+        acc = dp._scratch("blk_acc", (m, nb * npix), F32)
+        np.matmul(wts.matrix, cols.reshape(k, nb * npix), out=acc)
+        acc3 = acc.reshape(m, nb, npix)
+        if bias_col is not None:
+            # Exact integers of magnitude at most 2**24 each: one rounding, as the
+            # int32-to-float32 conversion of their (unwrapped) sum.
+            np.add(acc3, bias_col, out=acc3)
+        dp.requantize_f32_into(acc3, mult_col, out[n0:n1].transpose(1, 0, 2), zp, relu)
+
+    threads.map_blocks(block, _sample_blocks(n_batch, npix, k))
+    return out.reshape(n_batch, m, *outs)

@@ -1,0 +1,66 @@
+"""Blocks of work on worker threads (``runtime_emulator.threads``): same results as a
+serial loop, errors reach the caller, the BLAS thread count is restored."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from runtime_emulator import threads
+
+
+@pytest.fixture
+def two_workers():
+    threads.set_workers(2)
+    yield
+    threads.set_workers(None)
+
+
+def test_blocks_run_on_workers_and_write_their_own_parts(two_workers: None) -> None:
+    out = np.zeros((6, 100), dtype=np.float32)
+    names: set[str] = set()
+    a = np.arange(100 * 100, dtype=np.float32).reshape(100, 100) % 7
+
+    def block(i: int) -> int:
+        names.add(threading.current_thread().name)
+        out[i] = a[i] @ a
+        return i
+
+    assert threads.map_blocks(block, [(i,) for i in range(6)]) == list(range(6))
+    np.testing.assert_array_equal(out, a[:6] @ a)
+    assert all(n.startswith("emulator") for n in names)
+
+
+def test_a_failing_block_raises_in_the_caller(two_workers: None) -> None:
+    def block(i: int) -> int:
+        if i == 2:
+            raise ValueError("block 2 failed")
+        return i
+
+    with pytest.raises(ValueError, match="block 2 failed"):
+        threads.map_blocks(block, [(i,) for i in range(4)])
+
+
+def test_blas_thread_count_is_restored(two_workers: None) -> None:
+    blas = threads._blas()
+    if blas is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS whose thread count can be set")
+    setter, getter = blas
+    before = getter()
+    seen: list[int] = []
+    threads.map_blocks(lambda i: seen.append(getter()), [(0,), (1,)])
+    assert seen == [1, 1]
+    assert getter() == before
+
+
+def test_one_worker_runs_in_the_calling_thread() -> None:
+    threads.set_workers(1)
+    try:
+        names = threads.map_blocks(lambda: threading.current_thread().name, [(), ()])
+        assert names == [threading.current_thread().name] * 2
+        with pytest.raises(ValueError):
+            threads.set_workers(0)
+    finally:
+        threads.set_workers(None)

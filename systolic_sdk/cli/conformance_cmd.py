@@ -73,7 +73,9 @@ def generate_command(
     say(quiet, f"wrote {len(man['cases'])} cases ({ties} tagged tie) to {output}")
 
 
-@conformance.command("run", context_settings=CONTEXT_SETTINGS)
+@conformance.command(
+    "run", context_settings=CONTEXT_SETTINGS, short_help="Run a backend on a suite, bit-exact."
+)
 @click.argument("suite", type=click.Path())
 @click.option("--backend", "backend", required=True, metavar="MODULE:FUNCTION",
               help="The backend under test: a function run(model_path: str, inputs: "
@@ -101,6 +103,11 @@ def run_command(
     per case (a failure names the first differing index and both values; a backend that
     raises is an ERROR for that case) and a summary. Exit code 0 when every case passes,
     1 when some fail, 2 on bad input (missing suite, bad manifest, unimportable backend).
+
+    \b
+    A backend is one function, for example in board.py:
+      def run(model_path, inputs):   # inputs: numpy arrays in input_K.pb order
+          return [my_board.execute(model_path, inputs)]   # outputs in graph order
 
     \b
     Examples:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from systolic_sdk.cli.conformance_cmd import conformance
-from systolic_sdk.conformance import load_suite, run_suite
+from systolic_sdk.conformance import generate_suite, load_suite, run_suite
 from systolic_sdk.conformance.runners import emulator, onnxruntime_lowered
 
 HERE = Path(__file__).resolve().parent
@@ -200,3 +200,11 @@ def test_tampered_file_is_refused(suite_dir: Path, manifest: dict, tmp_path: Pat
     target.unlink()
     _assert_one_line_error(_invoke("run", copy, "--backend", "emulator"), "missing")
     assert len(load_suite(suite_dir).cases) == len(manifest["cases"])
+
+
+def test_tie_set_is_exact_on_another_seed(tmp_path: Path) -> None:
+    """The invariant holds for other draws too: seed 5, two cases per corner."""
+    man = generate_suite(tmp_path / "s", count=2, seed=5)
+    report = run_suite(tmp_path / "s", f"{BACKENDS}:half_away_from_zero")
+    tie = {c["name"] for c in man["cases"] if "tie" in c["tags"]}
+    assert tie and _failed(report) == tie

@@ -238,6 +238,8 @@ def generate_suite(
             "ops": chosen,
             "expected_outputs": "runtime_emulator (bit-exact Systolic datapath), target systolic",
             "comparison": "exact: dtype, shape and every bit",
+            "multipliers": "convs and QLinearMatMul: M = f32(f32(s_x*s_w)/s_y); QLinearAdd: "
+            "f32(s_a/s_c), f32(s_b/s_c); QuantizeLinear, DequantizeLinear: the scale",
             "tag_counts": _tag_counts(entries),
             "cases": entries,
         }

@@ -1,11 +1,12 @@
 """Deliberately wrong backends for the conformance runner's tests.
 
 ``half_away_from_zero`` is the emulator with the datapath's rounding replaced by round half
-away from zero. The kernels reach rounding in two ways: ``datapath.rne`` and ``np.rint``
-called directly (``requantize_f32`` and ``rescale_saturate`` round in place with
-``np.rint(v, out=v)``). So the substitution replaces ``numpy.rint`` itself, ``datapath.rne``,
-and any global of a ``runtime_emulator`` module bound to either, for the duration of the
-call only.
+away from zero. The datapath may round through ``datapath.rne``, through a name bound to it
+at import time, or with ``np.rint`` directly (in place, ``np.rint(v, out=v)``). So the
+substitution replaces ``numpy.rint`` itself, ``datapath.rne``, and every global of a
+``runtime_emulator`` module bound to either, for the duration of the call only. If the
+emulator ever rounds some other way, the tie test fails: it checks that the substitution
+changes exactly the cases tagged ``tie``.
 """
 
 from __future__ import annotations

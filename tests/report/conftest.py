@@ -61,8 +61,9 @@ def digits_feeds(digits_paths) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def effnet_paths(tmp_path_factory) -> dict[str, Path]:
-    """EfficientNet-Lite0 quantized for the Systolic backend on 4 photos, and 2 other
-    photos preprocessed as the model's input."""
+    """EfficientNet-Lite0 quantized for the Systolic backend on 4 photos (without the fp32
+    preparation, which takes most of a minute on this network), and 2 other photos
+    preprocessed as the model's input."""
     import sys
 
     if not (EFFNET / "model.onnx").exists() or not (EFFNET / "photos.npz").exists():
@@ -86,6 +87,8 @@ def effnet_paths(tmp_path_factory) -> dict[str, Path]:
         ArrayReader({"input": x[:4]}, batch_size=4),
         quant_format=QuantFormat.QOperator,
         backend="systolic",
+        equalization=False,
+        bias_correction=False,
     )
     np.savez(folder / "photos2.npz", input=x[4:6])
     return {"fp32": EFFNET / "model.onnx", "quant": q, "data": folder / "photos2.npz"}

@@ -32,7 +32,7 @@ table { border-collapse: collapse; width: 100%; font-size: 12.5px; margin-top: 8
 th, td { border-bottom: 1px solid var(--line); padding: 3px 8px; text-align: left;
   vertical-align: top; }
 th { background: #eef1f6; position: sticky; top: 0; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.name { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px;
   word-break: break-all; }
 details > summary { cursor: pointer; color: var(--muted); margin-top: 6px; }
@@ -196,8 +196,8 @@ JS = r"""
       if (i % Math.ceil(rows.length / 40) === 0)
         label(svg, x + (bw - 4) / 2, top + h + 12, String(l.index), "", "middle");
     });
-    label(svg, left, 11, "|accumulator| (log2): observed max (bar), bound from weights and " +
-      "input range (orange bar: int8 range; circle: observed range)", "title");
+    label(svg, left, 11, "max |accumulator| (log2): observed (bar); bound for int8 inputs " +
+      "(orange), for the observed inputs (circle)", "title");
     finish(box, svg);
   }
 

@@ -121,11 +121,11 @@ class _Fp32Runner:
     """The fp32 model in onnxruntime with the requested tensors as extra outputs."""
 
     def __init__(self, model: onnx.ModelProto, names: set[str]) -> None:
-        from systolic_sdk.report.exactness import _with_outputs
+        from systolic_sdk.report.exactness import with_outputs
 
         self.graph_inputs = {i.name for i in model.graph.input}
         wanted = sorted(n for n in names if n not in self.graph_inputs)
-        self.sess = ort_session(_with_outputs(model, wanted), "the fp32 model")
+        self.sess = ort_session(with_outputs(model, wanted), "the fp32 model")
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.feed_names = {i.name for i in self.sess.get_inputs()}
         self.available = set(self.outputs) | (names & self.graph_inputs)

@@ -72,7 +72,7 @@ def check_systolic(
     }
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs ``names`` (typed from shape inference)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -117,7 +117,7 @@ def check_direct(
     """Emulator vs onnxruntime on the same (standard) graph, every common tensor."""
     order = topological_order(qmodel.graph)
     produced = [o for n in order for o in n.output if o]
-    sess = ort_session(_with_outputs(qmodel, produced), "the quantized model")
+    sess = ort_session(with_outputs(qmodel, produced), "the quantized model")
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     executor = Executor(qmodel, target=target)

@@ -38,11 +38,13 @@ class Reference:
 def _dequantized_conv_weights(
     qmodel: onnx.ModelProto,
 ) -> dict[str, np.ndarray]:
-    """Node name -> dequantized OIHW weights of every QLinearConv(_nhwc) node."""
+    """Node name and weight name (without ``_quantized``) -> dequantized OIHW weights of
+    every QLinearConv(_nhwc) node (this SDK keeps node names, onnxruntime's quantizer
+    keeps weight names)."""
     inits = {t.name: t for t in qmodel.graph.initializer}
     out = {}
     for node in qmodel.graph.node:
-        if node.op_type not in ("QLinearConv", "QLinearConv_nhwc") or not node.name:
+        if node.op_type not in ("QLinearConv", "QLinearConv_nhwc"):
             continue
         names = list(node.input)
         if len(names) < 6 or any(names[i] not in inits for i in (3, 4)):
@@ -53,23 +55,29 @@ def _dequantized_conv_weights(
         if node.op_type == "QLinearConv_nhwc":
             w = w.transpose(w.ndim - 1, w.ndim - 2, *range(w.ndim - 2))  # HWIO -> OIHW
         axis = 0 if scale.size > 1 else None
-        out[node.name] = dp.dequantize_linear(w, scale, zp, axis)
+        deq = dp.dequantize_linear(w, scale, zp, axis)
+        if node.name:
+            out[node.name] = deq
+        if names[3].endswith("_quantized"):
+            out.setdefault(names[3][: -len("_quantized")], deq)
     return out
 
 
 def weight_sqnr(qweights: dict[str, np.ndarray], model: onnx.ModelProto) -> tuple[float, int]:
     """SQNR (dB) of the dequantized weights against ``model``'s Conv weights of the same
-    node names, over all matching layers, and the number of layers matched."""
+    node (or weight) names, over all matching layers, and the number of layers matched."""
     inits = {t.name: t for t in model.graph.initializer}
     signal = noise = 0.0
     matched = 0
     for node in model.graph.node:
-        if node.op_type != "Conv" or node.name not in qweights or len(node.input) < 2:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        if node.input[1] not in inits:
+        q = qweights.get(node.name) if node.name else None
+        q = qweights.get(node.input[1]) if q is None else q
+        if q is None:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        q = qweights[node.name].astype(np.float64)
+        q = q.astype(np.float64)
         if w.shape != q.shape:
             continue
         signal += float(np.sum(w * w))

@@ -33,6 +33,7 @@ def test_writes_html_and_json_beside_it(digits_paths, tmp_path: Path) -> None:
     res = CliRunner().invoke(report_command, _args(digits_paths, out, "--dim", "8"))
     assert res.exit_code == 0, (res.output, res.exception)
     assert "logits: bit-exact" in res.output and "wrote" in res.output
+    assert res.stderr == ""  # no progress bar when stderr is not a terminal
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["meta"]["samples"] == 8 and data["meta"]["dim"] == 8
     conv1 = next(layer for layer in data["layers"] if layer["name"] == "/conv1/Conv")

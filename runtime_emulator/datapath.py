@@ -16,6 +16,7 @@ two meanings of com.microsoft QLinearAdd (the accelerator's and onnxruntime's).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,6 +102,9 @@ def quantize_linear(
     """
     cd = np.dtype(compute_dtype)
     x = np.asarray(x).astype(cd, copy=False)
+    small = max(abs(v) for v in qrange(dtype)) <= 2**16  # float32-exact bounds
+    if cd == F32 and small and np.size(scale) == 1 and np.size(zero_point) == 1 and not block_size:
+        return _quantize_linear_per_tensor(x, scale, zero_point, dtype)
     s = _broadcast_param(np.asarray(scale).astype(cd), x.ndim, axis, x.shape, block_size)
     zp = np.asarray(zero_point).astype(np.int64)
     zp = _broadcast_param(zp, x.ndim, axis, x.shape, block_size)
@@ -113,6 +117,25 @@ def quantize_linear(
     q = np.clip(q, lo - 2.0**31, hi + 2.0**31)
     q = np.nan_to_num(q, nan=lo - 2.0**31).astype(np.int64) + zp
     return saturate(q, dtype)
+
+
+def _quantize_linear_per_tensor(
+    x: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int, dtype: np.dtype | type
+) -> np.ndarray:
+    """:func:`quantize_linear` of float32 ``x`` with one scale and zero point, in float32
+    and in place: ``r = rne(f32(x / s))``, then ``clip(r, lo - zp, hi - zp) + zp`` (equal
+    to ``sat(r + zp)`` for integers; the clip goes first so the add is exact), with
+    ``fmax``/``fmin`` sending NaN to the type's minimum, as the general form does."""
+    lo, hi = qrange(dtype)
+    zp = int(np.asarray(zero_point).reshape(()))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.divide(x, np.asarray(scale).astype(F32).reshape(()), dtype=F32)
+    q = np.asarray(rne(q), dtype=F32)
+    np.fmax(q, F32(lo - zp), out=q)
+    np.fmin(q, F32(hi - zp), out=q)
+    if zp:
+        np.add(q, F32(zp), out=q)
+    return q.astype(dtype)
 
 
 def dequantize_linear(
@@ -394,6 +417,39 @@ def int_matmul_wrap32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     dtype, chunk = _matmul_plan(a, b)
     acc = _chunked_matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False), chunk)
     return acc if acc.dtype == np.int32 else wrap32(acc)
+
+
+@dataclass(frozen=True)
+class MatmulOperand:
+    """A constant right-hand GEMM operand ``b`` (..., K, N) of 8/16-bit integers, prepared
+    once: ``f32`` its float32 copy (exact), ``absmax`` ``max |b|``, ``col_abs_sum`` the
+    largest ``sum_k |b_kj|`` (exact integers)."""
+
+    source: np.ndarray
+    f32: np.ndarray
+    absmax: int
+    col_abs_sum: int
+
+
+def prepare_matmul_operand(b: np.ndarray) -> MatmulOperand:
+    """:class:`MatmulOperand` of integer ``b``; ``b`` is kept by reference."""
+    b = np.asarray(b)
+    col = _abs_sum_max(b, -2) if b.ndim >= 2 and b.size else 0
+    return MatmulOperand(b, b.astype(F32), _absmax(b), col)
+
+
+def int_matmul_wrap32_prepared(a: np.ndarray, b: MatmulOperand) -> np.ndarray:
+    """:func:`int_matmul_wrap32` of ``a`` and a prepared ``b``: identical results, without
+    the passes over ``b`` (conversion, bound) on every call."""
+    a = np.asarray(a)
+    if a.size == 0 or b.source.size == 0:
+        return int_matmul_wrap32(a, b.source)
+    dtype, chunk = abs_sum_plan(
+        a.shape[-1], _absmax(a), b.absmax, _abs_sum_max(a, -1), b.col_abs_sum
+    )
+    if dtype != np.float32:
+        return int_matmul_wrap32(a, b.source)
+    return _chunked_matmul(a.astype(F32), b.f32, chunk)
 
 
 def int_matmul_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

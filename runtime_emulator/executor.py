@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from runtime_emulator import threads
 from runtime_emulator.array import ArrayConfig, LayerStats, record_stats
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN, TARGETS, KernelContext, lookup
 from systolic_sdk.errors import SdkError
@@ -460,7 +461,8 @@ class Executor:
             elif kind == "kernel":
                 args = [env[n] if n else None for n in node.input]
                 try:
-                    results = impl(args, attrs, ctx)
+                    with threads.single_threaded_blas():
+                        results = impl(args, attrs, ctx)
                 except SdkError:
                     raise
                 except Exception as exc:

@@ -98,11 +98,16 @@ def set_workers(n: int | None) -> None:
 
 
 @contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """OpenBLAS on one thread while any caller is inside (nested and concurrent uses
-    restore the previous count when the last one leaves)."""
+def single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS on one thread while any caller is inside, when blocks run on workers
+    (nested and concurrent uses restore the previous count when the last one leaves).
+
+    The executor runs every kernel inside: the emulator's own blocks use the cores, and
+    a small GEMM on a two-thread BLAS team costs far more than on one thread (the team
+    synchronizes, and spins, on every call; on a loaded machine, many times more).
+    """
     blas = _blas()
-    if blas is None:
+    if blas is None or workers() <= 1:
         yield
         return
     setter, getter = blas
@@ -135,7 +140,7 @@ def map_blocks(fn: Callable[..., T], blocks: Sequence[tuple[Any, ...]]) -> list[
     """
     if min(workers(), len(blocks)) <= 1 or threading.current_thread().name.startswith("emulator"):
         return [fn(*b) for b in blocks]
-    with _single_threaded_blas():
+    with single_threaded_blas():
         pool = _pool()
         futures = [pool.submit(fn, *b) for b in blocks]
         wait(futures)  # every block done before the BLAS thread count is restored

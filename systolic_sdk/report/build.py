@@ -398,8 +398,8 @@ def _assemble(
         scale, zp = qp.get(i, (np.array([]), np.array([])))
         row: dict[str, Any] = {
             "index": i,
-            "name": p.node,
-            "op": p.op_type,
+            "name": p.layer_name,
+            "op": p.layer_op,
             "tensor": p.result,
             "fp32_tensor": p.result_fp32,
             "output": p.tensor,

@@ -67,11 +67,23 @@ class QuantPoint:
     result_fp32: str | None = None
     result_nhwc: bool = False
     clamped_by: tuple[str, ...] = ()
+    #: In a QDQ graph, the float op whose output this QuantizeLinear quantizes.
+    qdq_op: str | None = None
+    qdq_node: str | None = None
 
     @property
     def is_layer(self) -> bool:
-        """A compute layer (not the quantization of a float tensor)."""
-        return self.op_type != "QuantizeLinear"
+        """A compute layer: a quantized op, or in a QDQ graph the op a QuantizeLinear
+        follows (not the quantization of a graph input)."""
+        return self.op_type != "QuantizeLinear" or self.qdq_op is not None
+
+    @property
+    def layer_name(self) -> str:
+        return self.qdq_node if self.qdq_op is not None and self.qdq_node else self.node
+
+    @property
+    def layer_op(self) -> str:
+        return f"{self.qdq_op} (QDQ)" if self.qdq_op is not None else self.op_type
 
 
 def _attr_int(node: onnx.NodeProto, name: str) -> int:
@@ -126,6 +138,10 @@ def quant_points(
     q_consts = {t.name for t in qmodel.graph.initializer}
     q_outputs = {o.name for o in qmodel.graph.output}
     position = {id(n): i for i, n in enumerate(order)}
+    producers = {o: n for n in order for o in n.output if o}
+    # A QDQ graph has no quantized compute op: its layers are the float ops that a
+    # QuantizeLinear quantizes the output of.
+    qdq = not any(n.op_type in OUTPUT_QPARAMS and n.op_type != "QuantizeLinear" for n in order)
     points = []
     for index, node in enumerate(order):
         pos = OUTPUT_QPARAMS.get(node.op_type)
@@ -163,6 +179,11 @@ def quant_points(
                 break
             result, result_index = nxt[0].output[0], position[id(nxt[0])]
             clamps.append(nxt[0].op_type)
+        qdq_op = qdq_node = None
+        if qdq and node.op_type == "QuantizeLinear":
+            src = producers.get(node.input[0])
+            if src is not None and src.op_type not in ("DequantizeLinear", "Constant"):
+                qdq_op, qdq_node = src.op_type, src.name or src.output[0]
         result_fp32, result_nhwc = fp32, nhwc
         if clamps:
             base, result_nhwc = strip_suffixes(result)
@@ -186,6 +207,8 @@ def quant_points(
                 result_fp32=result_fp32,
                 result_nhwc=result_nhwc,
                 clamped_by=tuple(clamps),
+                qdq_op=qdq_op,
+                qdq_node=qdq_node,
             )
         )
     return points

@@ -287,3 +287,28 @@ def test_cpu_backend_qoperator(digits_paths, tmp_path) -> None:
     assert all(layer["sqnr_db"] > 25 for layer in rep["layers"])
     assert all(a["dtype"] == "uint8" for a in rep["activations"])
     assert sum(1 for layer in rep["layers"] if layer["array"]) == 4  # the convs, not QGemm
+
+
+def test_qdq_graph_reports_the_float_ops_it_quantizes(digits_paths, tmp_path) -> None:
+    """A QDQ graph has no quantized compute op: each QuantizeLinear after a float op is
+    that op's layer (its SQNR is the error accumulated up to it); nothing runs on the
+    array."""
+    from systolic_sdk import quantize_static
+    from systolic_sdk.calibration.reader import ArrayReader
+    from systolic_sdk.quantization.types import QuantFormat
+    from systolic_sdk.report import build_report
+    from tests.report.conftest import DIGITS
+
+    q = tmp_path / "qdq.onnx"
+    calib = np.load(DIGITS / "calib.npz")["input"][:64]
+    quantize_static(
+        str(digits_paths["fp32"]), str(q), ArrayReader({"input": calib}, batch_size=32),
+        quant_format=QuantFormat.QDQ,
+    )  # fmt: skip
+    p = digits_paths
+    rep = build_report(q, p["fp32"], p["data"], max_samples=16, progress=False)
+    ops = [layer["op"] for layer in rep["layers"]]
+    assert ops.count("Conv (QDQ)") == 4 and ops.count("Gemm (QDQ)") == 2
+    assert all(layer["sqnr_db"] > 25 and layer["array"] is None for layer in rep["layers"])
+    assert rep["totals"]["array_layers"] == 0 and rep["exactness"]["bit_exact"] is True
+    assert len(rep["activations"]) == len(rep["layers"]) + 1  # and the input

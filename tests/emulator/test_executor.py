@@ -568,3 +568,38 @@ def test_fed_weights_are_not_taken_from_the_cache(kernels: None) -> None:
         # The same array object, changed in place between runs.
         np.testing.assert_array_equal(execu.run({"x": x, "w": w1})["y"], _conv_reference(x, w1))
     np.testing.assert_array_equal(execu.run({"x": x})["y"], _conv_reference(x, w0))
+
+
+def test_matmul_operand_is_prepared_once_per_model(
+    kernels: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime_emulator import datapath as dp
+
+    calls: list[int] = []
+    real = dp.prepare_matmul_operand
+    monkeypatch.setattr(dp, "prepare_matmul_operand", lambda b: calls.append(1) or real(b))
+    rng = np.random.default_rng(13)
+    b = rng.integers(-128, 128, (64, 10), dtype=np.int8)
+    params = {
+        "as": np.array(0.02, np.float32),
+        "zp": np.array(0, np.int8),
+        "b": b,
+        "bs": np.array(0.003, np.float32),
+        "ys": np.array(0.001, np.float32),
+    }
+    node = helper.make_node(
+        "QLinearMatMul", ["a", "as", "zp", "b", "bs", "zp", "ys", "zp"], ["y"], name="mm"
+    )
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info("a", TensorProto.INT8, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
+    execu = ex.Executor(model)
+    m = dp.requant_multiplier(np.float32(0.02), np.float32(0.003), np.float32(0.001))
+    for seed in range(3):
+        a = np.random.default_rng(seed).integers(-128, 128, (3, 64), dtype=np.int8)
+        want = dp.requantize(dp.wrap32(dp.int_matmul_reference(a, b)), m, np.int8)
+        np.testing.assert_array_equal(execu.run({"a": a})["y"], want)
+    assert len(calls) == 1

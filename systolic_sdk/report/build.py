@@ -120,12 +120,13 @@ class _Progress:
 class _Fp32Runner:
     """The fp32 model in onnxruntime with the requested tensors as extra outputs."""
 
-    def __init__(self, model: onnx.ModelProto, names: set[str]) -> None:
+    def __init__(self, model: onnx.ModelProto, names: set[str], what: str) -> None:
         from systolic_sdk.report.exactness import with_outputs
 
         self.graph_inputs = {i.name for i in model.graph.input}
         wanted = sorted(n for n in names if n not in self.graph_inputs)
-        self.sess = ort_session(with_outputs(model, wanted), "the fp32 model")
+        self.what = what
+        self.sess = ort_session(with_outputs(model, wanted), what)
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.feed_names = {i.name for i in self.sess.get_inputs()}
         self.available = set(self.outputs) | (names & self.graph_inputs)
@@ -138,7 +139,8 @@ class _Fp32Runner:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
             text = str(exc).strip()
             raise SdkError(
-                f"the fp32 model fails on the data: {text.splitlines()[0] if text else exc}"
+                f"{self.what}: onnxruntime fails on the data: "
+                f"{text.splitlines()[0] if text else exc}"
             ) from None
         out = dict(zip(self.outputs, res, strict=True))
         out.update({k: v for k, v in feeds.items() if k in self.graph_inputs})
@@ -164,6 +166,7 @@ def build_report(
         raise SdkError(f"bins must be >= 1, got {bins}")
     qmodel = load_model(quant_model)
     fmodel = load_model(fp32_model)
+    _check_roles(qmodel, quant_model, fmodel, fp32_model)
     target = resolve_target(qmodel, target)
     config = ArrayConfig(dim=dim)
     samples = load_samples(data, fmodel, max_samples)
@@ -173,7 +176,7 @@ def build_report(
     q_inits = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
     out_names = [o.name for o in qmodel.graph.output]
     wanted = {p.fp32 for p in points if p.fp32} | {p.result_fp32 for p in points if p.result_fp32}
-    fp32_runner = _Fp32Runner(reference.model, wanted | set(out_names))
+    fp32_runner = _Fp32Runner(reference.model, wanted | set(out_names), str(fp32_model))
     executor = Executor(qmodel, target=target, config=config)
     feeds_probe = {k: v[:1] for k, v in samples.items()}
     try:
@@ -230,6 +233,23 @@ def build_report(
         )
     finally:
         bar.close()
+
+
+def _check_roles(
+    qmodel: onnx.ModelProto, qpath: Path, fmodel: onnx.ModelProto, fpath: Path
+) -> None:
+    """The quantized model holds quantized tensors; the fp32 model holds none."""
+    from systolic_sdk.report.mapping import OUTPUT_QPARAMS
+
+    quantizing = set(OUTPUT_QPARAMS) | {"DequantizeLinear"}
+    node = next((n for n in fmodel.graph.node if n.op_type in quantizing), None)
+    if node is not None:
+        raise SdkError(
+            f"{fpath}: is a quantized model (node '{node.name}' is {node.op_type}); "
+            "--fp32 takes the float model it came from"
+        )
+    if not any(n.op_type in quantizing for n in qmodel.graph.node):
+        raise SdkError(f"{qpath}: has no quantized tensors (no QuantizeLinear or QLinear* node)")
 
 
 def _sdk_version() -> str:

@@ -69,6 +69,8 @@ def test_explicit_json_path_and_quiet(digits_paths, tmp_path: Path) -> None:
         ("same html and json", "same file"),
         ("no output folder", "does not exist"),
         ("wrong input shape", "input"),
+        ("fp32 is quantized", "is a quantized model"),
+        ("quant is float", "has no quantized tensors"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(digits_paths, tmp_path: Path, what, needle) -> None:
@@ -95,6 +97,10 @@ def test_bad_input_is_one_line_exit_2(digits_paths, tmp_path: Path, what, needle
     elif what == "wrong input shape":
         paths["data"] = tmp_path / "bad.npz"
         np.savez(paths["data"], input=np.zeros((4, 3, 28, 28), np.float32))
+    elif what == "fp32 is quantized":
+        paths["fp32"] = paths["quant"]
+    elif what == "quant is float":
+        paths["quant"] = paths["fp32"]
     before = paths["quant"].read_bytes() if paths["quant"].exists() else None
     res = CliRunner().invoke(report_command, _args(paths, out, *extra))
     assert_user_error(res, needle)

@@ -24,8 +24,10 @@ from systolic_sdk.calibration.methods import CalibrationError, compute_ranges, g
 from systolic_sdk.calibration.reader import CalibrationDataReader
 from systolic_sdk.calibration.session import (
     REDUCED,
+    Bounds,
     calibratable_tensors,
     check_names,
+    derived_tensors,
     open_session,
     reduced_name,
     required_inputs,
@@ -36,7 +38,9 @@ from systolic_sdk.calibration.stats import (
     HistogramStats,
     MinMaxStats,
     TensorStats,
+    clip_values,
     per_sample_view,
+    update_clipped,
 )
 
 BATCH_BUDGET_BYTES = 8 << 20
@@ -189,16 +193,25 @@ def collect(
     if tensor_names is not None:
         check_names(model, names)
     inputs = {i.name for i in model.graph.input}
+    # Outputs of Relu/Clip/Flatten of a calibrated tensor follow from it: they are neither
+    # reduced nor fetched (their extremes are the source's clipped, their histograms come
+    # from the source's values).
+    derived = derived_tensors(model, names, info)
+    observed = [n for n in names if n not in derived]
     # Without histograms only per-sample extremes are needed: onnxruntime reduces
     # tensors of known rank in the graph, and the activations never leave it.
-    reduce = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
-    raw = [n for n in names if n not in reduce]
+    reducible = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
+    reduce = [n for n in reducible if n not in derived]
+    raw = [n for n in observed if n not in reduce]
     sess = open_session(model, raw, providers, reduce)
     full_sess = sess if not reduce else None  # all tensors raw: for NaN/Inf follow-ups
     wanted = set(raw)
     fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
     fetch_reduced = [reduced_name(k, n) for k in REDUCED for n in reduce]
     order = {name: i for i, name in enumerate(everything)}
+    children: dict[str, list[str]] = {}
+    for name, (src, _) in derived.items():
+        children.setdefault(src, []).append(name)
 
     def new_stats() -> TensorStats:
         hist = HistogramStats(num_bins) if histogram else None
@@ -210,7 +223,9 @@ def collect(
     skipped = 0
     bar = _Progress(reader, progress)
     batchable = _batchable(model)
-    first_target = batch_size or (_reduced_batch(info, reduce) if reduce and batchable else 1)
+    first_target = batch_size or (
+        _reduced_batch(info, reducible) if reducible and batchable else 1
+    )
     batcher = _Batcher(reader, first_target, batchable)
     try:
         for feed, used in batcher:
@@ -228,6 +243,7 @@ def collect(
             else:
                 values, extremes, kept = run
                 skipped += n - kept
+                _add_derived(extremes, derived)
                 for name in names:
                     if name in dropped or (name not in values and name not in extremes):
                         continue
@@ -240,10 +256,12 @@ def collect(
                     if st is None:
                         st = stats[name] = new_stats()
                     st.minmax.update_per_sample(*ext)
-                    if st.histogram is not None:
-                        st.histogram.update(values[name], float(ext[0].min()), float(ext[1].max()))
+                if histogram:
+                    _update_histograms(stats, values, extremes, derived, children)
                 if batch_size is None and batchable and sample_base == 0 and not reduce:
-                    per_sample = sum(values[k].nbytes for k in fetch) / max(kept, 1)
+                    per_sample = sum(values[k].nbytes for k in fetch)
+                    per_sample += sum(values[src].nbytes for src, _ in derived.values())
+                    per_sample /= max(kept, 1)
                     batcher.target = int(
                         min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(per_sample, 1)))
                     )
@@ -261,6 +279,34 @@ def collect(
     if tensor_names is not None and missing:
         raise CalibrationError(f"tensor '{missing[0]}' produced no values during calibration")
     return {n: stats[n] for n in names if n in stats}
+
+
+def _add_derived(
+    extremes: dict[str, tuple[np.ndarray, np.ndarray]], derived: dict[str, tuple[str, Bounds]]
+) -> None:
+    """Per-sample extremes of the derived tensors: their source's, clipped."""
+    for name, (src, bounds) in derived.items():
+        if name not in extremes and src in extremes:
+            mins, maxs = extremes[src]
+            extremes[name] = (clip_values(mins, bounds), clip_values(maxs, bounds))
+
+
+def _update_histograms(
+    stats: dict[str, TensorStats],
+    values: dict[str, np.ndarray],
+    extremes: dict[str, tuple[np.ndarray, np.ndarray]],
+    derived: dict[str, tuple[str, Bounds]],
+    children: dict[str, list[str]],
+) -> None:
+    """Add one batch to the histograms; a tensor and those derived from it in one pass."""
+    for name, st in stats.items():
+        if name in derived or name not in values or name not in extremes:
+            continue
+        group = [name] + [c for c in children.get(name, ()) if c in stats]
+        hists = [stats[g].histogram for g in group]
+        bounds: list[Bounds] = [(None, None)] + [derived[c][1] for c in group[1:]]
+        mins, maxs = extremes[name]
+        update_clipped(hists, bounds, values[name], float(mins.min()), float(maxs.max()))
 
 
 def _reducible(info: dict[str, tuple[int, tuple | None]], name: str) -> bool:

@@ -3,6 +3,7 @@ that expose them (as extra outputs, or as per-sample in-graph reductions)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,6 +125,111 @@ def augment_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
             out.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
     return out
+
+
+Bounds = tuple[float | None, float | None]
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node tensors by name."""
+    overridable = {i.name for i in model.graph.input}
+    out = {t.name: t for t in model.graph.initializer if t.name not in overridable}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[node.output[0]] = a.t
+    return out
+
+
+def _bound(name: str, constants: dict[str, onnx.TensorProto]) -> float | None | bool:
+    """A Clip bound input as a float, None when absent, False when not a finite constant."""
+    if not name:
+        return None
+    t = constants.get(name)
+    if t is None:
+        return False
+    v = onnx.numpy_helper.to_array(t)
+    if v.size != 1 or v.dtype != np.float32 or not np.isfinite(v).all():
+        return False
+    return float(v.reshape(()))
+
+
+def _clip_bounds(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> Bounds | None:
+    """The (lo, hi) a Relu/Clip/Identity/Flatten(axis=1) applies, or None if not one."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.domain not in ("", "ai.onnx") or not node.input or not node.input[0]:
+        return None
+    if node.op_type in ("Identity",) or (node.op_type == "Flatten" and attrs.get("axis", 1) == 1):
+        return None, None
+    if node.op_type == "Relu":
+        return 0.0, None
+    if node.op_type == "Clip":
+        if "min" in attrs or "max" in attrs or len(node.input) == 1:  # opset < 11: attributes
+            lo, hi = attrs.get("min"), attrs.get("max")
+            lo = None if lo is None or lo <= -FLT_MAX else float(np.float32(lo))
+            hi = None if hi is None or hi >= FLT_MAX else float(np.float32(hi))
+            return lo, hi
+        lo = _bound(node.input[1], constants)
+        hi = _bound(node.input[2], constants) if len(node.input) > 2 else None
+        if lo is False or hi is False:
+            return None
+        return lo, hi
+    return None
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _compose(outer: Bounds, inner: Bounds) -> Bounds:
+    """Bounds of ``clip(clip(x, *inner), *outer)``: a clip too, from the images of -inf/+inf."""
+    from systolic_sdk.calibration.stats import clip_value
+
+    lo = clip_value(clip_value(-math.inf, inner), outer)
+    hi = clip_value(clip_value(math.inf, inner), outer)
+    return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
+
+
+def derived_tensors(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    info: dict[str, tuple[int, tuple | None]],
+) -> dict[str, tuple[str, Bounds]]:
+    """Tensors of ``names`` that are another one's values clipped: ``{tensor: (source,
+    (lo, hi))}`` with ``tensor == clip(source, lo, hi)`` elementwise (None: no bound).
+
+    They are the float32 outputs of Relu, Clip with constant bounds, Identity and
+    Flatten(axis=1) (chains resolved), whose source is in ``names``: the same shape per
+    sample, and values that are the source's or a bound. Their extremes (and NaN/Inf)
+    follow from the source's, and their histograms from the source's values.
+    """
+    wanted = set(names)
+    constants = _constants(model)
+    direct: dict[str, tuple[str, Bounds]] = {}
+    for node in model.graph.node:
+        if len(node.output) != 1 or node.output[0] not in wanted:
+            continue
+        src, out = node.input[0] if node.input else "", node.output[0]
+        if info.get(src, (0,))[0] != onnx.TensorProto.FLOAT:
+            continue
+        if info.get(out, (0,))[0] != onnx.TensorProto.FLOAT:
+            continue
+        bounds = _clip_bounds(node, constants)
+        if bounds is not None and src != out:
+            direct[out] = (src, bounds)
+    resolved: dict[str, tuple[str, Bounds]] = {}
+    for name in names:
+        if name not in direct:
+            continue
+        src, bounds = direct[name]
+        seen = {name}
+        while src in direct and src not in seen:  # a chain: clip of a clip
+            seen.add(src)
+            src, inner = direct[src]
+            bounds = _compose(bounds, inner)
+        if src in wanted and src not in direct:
+            resolved[name] = (src, bounds)
+    return resolved
 
 
 REDUCED = ("min", "max", "sum")

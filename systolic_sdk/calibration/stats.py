@@ -229,6 +229,27 @@ class HistogramStats:
         hi_i = math.floor(math.ldexp(hi, -e))
         return e, lo_i, hi_i
 
+    def _grown(self, vmin: float, vmax: float) -> tuple[int, int, int, float, float]:
+        """Layout ``(exponent, first bin, last bin)`` and range after adding [vmin, vmax]."""
+        new_min, new_max = min(self.min, vmin), max(self.max, vmax)
+        if self.total and new_min == self.min and new_max == self.max:
+            hi_i = self.offset + self.counts.size - 1
+            return self.exponent, self.offset, hi_i, new_min, new_max
+        return (*self._layout(new_min, new_max), new_min, new_max)
+
+    def _commit(self, layout: tuple[int, int, int, float, float], batch: np.ndarray) -> None:
+        """Adopt ``layout`` and add ``batch`` (counts on its bins)."""
+        e, lo_i, hi_i, new_min, new_max = layout
+        if not self.total:
+            counts = np.zeros(hi_i - lo_i + 1, np.int64)
+        elif (e, lo_i, hi_i) == (self.exponent, self.offset, self.offset + self.counts.size - 1):
+            counts = self.counts.copy()
+        else:
+            counts = self._rebin(e, lo_i, hi_i)
+        counts += batch
+        self.exponent, self.offset, self.counts = e, lo_i, counts
+        self.min, self.max = new_min, new_max
+
     def update(
         self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None
     ) -> None:
@@ -240,21 +261,9 @@ class HistogramStats:
             values = values.astype(np.float32)
         if vmin is None or vmax is None:
             vmin, vmax = float(values.min()), float(values.max())
-        new_min, new_max = min(self.min, vmin), max(self.max, vmax)
-        e, lo_i, hi_i = self._layout(new_min, new_max)
-        counts = self._rebin(e, lo_i, hi_i) if self.total else np.zeros(hi_i - lo_i + 1, np.int64)
-        scale = values.dtype.type(math.ldexp(1.0, -e))
-        flat = values.ravel()
-        scaled = flat * scale  # exact: a power of two
-        np.floor(scaled, out=scaled)
-        if e > 0 and vmin < 0.0:
-            # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
-            scaled[(scaled == 0) & (flat < 0)] = -1
-        scaled -= scaled.dtype.type(lo_i)  # integers below 2**24 in magnitude: exact
-        idx = scaled.astype(np.intp)
-        counts += np.bincount(idx, minlength=counts.size)
-        self.exponent, self.offset, self.counts = e, lo_i, counts
-        self.min, self.max = new_min, new_max
+        layout = self._grown(vmin, vmax)
+        e, lo_i, hi_i = layout[:3]
+        self._commit(layout, bin_counts(values, e, lo_i, hi_i - lo_i + 1))
 
     def merge(self, other: HistogramStats) -> HistogramStats:
         """The histogram of both data sets (a new object); exact and commutative."""
@@ -270,6 +279,95 @@ class HistogramStats:
         out.exponent, out.offset = e, lo_i
         out.counts = sum(h._rebin(e, lo_i, hi_i) for h in parts)
         return out
+
+
+def bin_index(value: float, exponent: int) -> int:
+    """``floor(value / 2**exponent)``, exactly (the bin of ``value`` at that width)."""
+    return math.floor(math.ldexp(value, -exponent))
+
+
+def bin_counts(values: np.ndarray, exponent: int, first: int, size: int) -> np.ndarray:
+    """Counts of finite ``values`` on bins ``first .. first + size - 1`` of width
+    ``2**exponent`` (every value must fall in them): ``floor(v / 2**exponent)``, exact."""
+    scale = values.dtype.type(math.ldexp(1.0, -exponent))
+    flat = values.ravel()
+    scaled = flat * scale  # exact: a power of two (or an underflow, handled below)
+    np.floor(scaled, out=scaled)
+    if exponent > 0:
+        # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
+        tiny = (scaled == 0) & (flat < 0)
+        if tiny.any():
+            scaled[tiny] = -1
+    scaled -= scaled.dtype.type(first)  # integers below 2**24 in magnitude: exact
+    return np.bincount(scaled.astype(np.intp), minlength=size)
+
+
+Bounds = tuple[float | None, float | None]
+# Largest span of fine bins the grouped update counts at once (larger spans: one by one).
+MAX_SHARED_BINS = 1 << 16
+
+
+def clip_value(value: float, bounds: Bounds) -> float:
+    """``min(max(value, lo), hi)`` with None for no bound (onnx Clip and Relu)."""
+    lo, hi = bounds
+    if lo is not None:
+        value = max(value, lo)
+    if hi is not None:
+        value = min(value, hi)
+    return value
+
+
+def clip_values(values: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """:func:`clip_value` elementwise (the same selections, no arithmetic)."""
+    lo, hi = bounds
+    if lo is not None:
+        values = np.maximum(values, values.dtype.type(lo))
+    if hi is not None:
+        values = np.minimum(values, values.dtype.type(hi))
+    return values
+
+
+def update_clipped(
+    hists: list[HistogramStats],
+    bounds: list[Bounds],
+    values: np.ndarray,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> None:
+    """``hists[j].update(clip(values, *bounds[j]))`` for every j, binning ``values`` once.
+
+    For a tensor and the outputs of Relu/Clip/Flatten applied to it: the values are
+    counted on the finest bins any of the histograms needs; a clipped value's bin is the
+    clipped bin (``floor`` is monotone and the clip keeps a value or replaces it by the
+    data's clipped extreme), and coarser bins are whole groups of finer ones, so each
+    histogram gets exactly the counts :meth:`HistogramStats.update` would give it.
+    """
+    if values.size == 0:
+        return
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float32)
+    if vmin is None or vmax is None:
+        vmin, vmax = float(values.min()), float(values.max())
+    ext = [(clip_value(vmin, b), clip_value(vmax, b)) for b in bounds]
+    layouts = [h._grown(lo, hi) for h, (lo, hi) in zip(hists, ext, strict=True)]
+    fine = min(lay[0] for lay in layouts)
+    ends = [bin_index(v, fine) for pair in ext for v in pair]
+    first = min(bin_index(vmin, fine), *ends)
+    last = max(bin_index(vmax, fine), *ends)
+    if len(hists) == 1 or last - first >= MAX_SHARED_BINS:
+        for h, b, (lo, hi) in zip(hists, bounds, ext, strict=True):
+            h.update(clip_values(values, b), lo, hi)
+        return
+    counts = bin_counts(values, fine, first, last - first + 1)
+    nz = np.flatnonzero(counts)
+    idx = nz + first
+    weights = counts[nz].astype(np.float64)  # counts below 2**53: exact
+    for h, lay, (lo, hi) in zip(hists, layouts, ext, strict=True):
+        e, lo_i, hi_i = lay[:3]
+        clipped = np.clip(idx, bin_index(lo, fine), bin_index(hi, fine))
+        target = (clipped >> (e - fine)) - lo_i
+        batch = np.bincount(target, weights=weights, minlength=hi_i - lo_i + 1)
+        h._commit(lay, batch.astype(np.int64))
 
 
 @dataclass

@@ -255,9 +255,11 @@ def _hist_section(r: Mapping[str, Any]) -> str:
     for i, a in enumerate(r["activations"]):
         frac = a["clipped_fraction"]
         cls = "bad" if frac > 1e-3 else ("warn" if frac > 0 else "")
+        n = a["clipped_below"] + a["clipped_above"]
+        clipped = f"{100 * frac:.3g} % ({n:,} values)" if n else "0 %"
         figs.append(
             "<figure><figcaption>"
-            f'{escape(a["tensor"])}<br><b class="{cls}">clipped {100 * frac:.3f} %</b> '
+            f'{escape(a["tensor"])}<br><b class="{cls}">clipped {clipped}</b> '
             f"<b>scale {a['scale']:.4g}, zp {a['zero_point']}</b></figcaption>"
             f'<div class="chart" data-chart="hist" data-index="{i}"></div></figure>'
         )

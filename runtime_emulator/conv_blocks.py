@@ -24,7 +24,7 @@ takes the general path, :func:`datapath.conv_accumulate_f32` then
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,8 @@ class ConvWeights:
     matrix: np.ndarray
     absmax: int
     row_abs_sum: int
+    #: Other layouts of the weights, made when first needed (see :func:`_row_stack`).
+    derived: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
 
 def prepare_conv_weights(w: np.ndarray) -> ConvWeights:
@@ -151,6 +153,65 @@ def conv_requantize(
                     strides, pads, dilations, outs)  # fmt: skip
 
 
+def _row_shift_ok(
+    kernel: list[int], strides: list[int], padded: list[int], outs: list[int]
+) -> bool:
+    """Whether a 2-D conv runs as :func:`_row_shift_gemm`: kernel height > 1, vertical
+    stride 1, and at most 10% more GEMM columns (the padded rows) than outputs."""
+    return (
+        len(kernel) == 2
+        and kernel[0] > 1
+        and strides[0] == 1
+        and (padded[0] - outs[0]) * 10 <= outs[0]
+    )
+
+
+def _row_stack(wts: ConvWeights) -> np.ndarray:
+    """The weights (M, C, kH, kW) as float32 (kH * M, C * kW): one row block per kernel
+    row; made once per prepared weights."""
+    stack = wts.derived.get("row_stack")
+    if stack is None:
+        m, c, kh, kw = wts.source.shape
+        stack = wts.source.transpose(2, 0, 1, 3).reshape(kh * m, c * kw).astype(F32)
+        wts.derived["row_stack"] = stack
+    return stack
+
+
+def _row_shift_gemm(
+    xp: np.ndarray,
+    stack: np.ndarray,
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    outs: list[int],
+) -> np.ndarray:
+    """Exact conv sums (M, nb, Ho * Wo) of a padded block xp (C, nb, Hp, Wp), vertical
+    stride 1, from an im2col over the kernel columns only.
+
+    ``cols[(c, dx), (n, y, x)] = xp[c, n, y, x * sW + dx * dW]`` for every padded row y;
+    one GEMM with the kernel rows stacked gives ``g[dy, m, (n, y, x)]``, and the output
+    is ``sum_dy g[dy, m, n, y + dy * dH, x]`` (row offsets in the flattened rows). Every
+    GEMM sum and every addition is a partial sum of the output's products, so the bound
+    that makes one float32 GEMM exact makes all of them exact.
+    """
+    c, nb, hp, _ = xp.shape
+    kh, kw = kernel
+    ho, wo = outs
+    cols = dp._scratch("blk_cols", (c, kw, nb, hp, wo), F32)
+    for dx in range(kw):
+        x0 = dx * dilations[1]
+        cols[:, dx] = xp[:, :, :, x0 : x0 + strides[1] * (wo - 1) + 1 : strides[1]]
+    m = stack.shape[0] // kh
+    g = dp._scratch("blk_acc", (kh * m, nb * hp * wo), F32)
+    np.matmul(stack, cols.reshape(c * kw, nb * hp * wo), out=g)
+    g4 = g.reshape(kh, m, nb, hp * wo)
+    acc = g4[0, :, :, : ho * wo]
+    for dy in range(1, kh):
+        off = dy * dilations[0] * wo
+        np.add(acc, g4[dy, :, :, off : off + ho * wo], out=acc)
+    return acc
+
+
 def _sample_blocks(n: int, cols_per_sample: int, k: int) -> list[tuple[int, int]]:
     """Split ``n`` samples into blocks: wide enough GEMMs, at least one block per worker
     when the batch allows, im2col blocks of bounded size."""
@@ -193,37 +254,47 @@ def _blocked(
         phase_of.append(tuple(off[i] % strides[i] for i in range(nsp)))
         starts.append([off[i] // strides[i] for i in range(nsp)])
     strided = any(s > 1 for s in strides)
+    shift = _row_shift_ok(kernel, strides, padded, outs)
+    stack = _row_stack(wts) if shift else None
+
+    def padded_input(xb: np.ndarray, nb: int) -> np.ndarray:
+        """The block's input as float32 (C, nb, *padded), zero padding."""
+        xp = dp._scratch("blk_xp", (c, nb, *padded), F32)
+        for i in range(nsp):  # zero the padding borders only
+            lead = (slice(None), slice(None)) + (slice(None),) * i
+            if pads[i]:
+                xp[lead + (slice(0, pads[i]),)] = 0
+            if pads[i + nsp]:
+                xp[lead + (slice(pads[i] + sizes[i], None),)] = 0
+        xp[(slice(None), slice(None)) + tuple(
+            slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))] = xb  # fmt: skip
+        return xp
 
     def block(n0: int, n1: int) -> None:
         nb = n1 - n0
         xb = np.moveaxis(x[n0:n1], 1, 0)  # (C, nb, *sizes), a view
-        if direct:
-            cols = dp._scratch("blk_cols", (c, nb, npix), F32)
-            cols.reshape(c, nb, *sizes)[...] = xb
+        if shift:
+            acc3 = _row_shift_gemm(padded_input(xb, nb), stack, kernel, strides, dilations, outs)
         else:
-            xp = dp._scratch("blk_xp", (c, nb, *padded), F32)
-            for i in range(nsp):  # zero the padding borders only
-                lead = (slice(None), slice(None)) + (slice(None),) * i
-                if pads[i]:
-                    xp[lead + (slice(0, pads[i]),)] = 0
-                if pads[i + nsp]:
-                    xp[lead + (slice(pads[i] + sizes[i], None),)] = 0
-            xp[(slice(None), slice(None)) + tuple(
-                slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))] = xb  # fmt: skip
-            cols = dp._scratch("blk_cols", (c, taps, nb, *outs), F32)
-            phases: dict[tuple[int, ...], np.ndarray] = {}
-            for ti in range(taps):
-                ph = phase_of[ti]
-                if ph not in phases:
-                    sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
-                    view = xp[(slice(None), slice(None)) + sl]
-                    phases[ph] = np.ascontiguousarray(view) if strided else view
-                q = starts[ti]
-                win = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
-                cols[:, ti] = phases[ph][(slice(None), slice(None)) + win]
-        acc = dp._scratch("blk_acc", (m, nb * npix), F32)
-        np.matmul(wts.matrix, cols.reshape(k, nb * npix), out=acc)
-        acc3 = acc.reshape(m, nb, npix)
+            if direct:
+                cols = dp._scratch("blk_cols", (c, nb, npix), F32)
+                cols.reshape(c, nb, *sizes)[...] = xb
+            else:
+                xp = padded_input(xb, nb)
+                cols = dp._scratch("blk_cols", (c, taps, nb, *outs), F32)
+                phases: dict[tuple[int, ...], np.ndarray] = {}
+                for ti in range(taps):
+                    ph = phase_of[ti]
+                    if ph not in phases:
+                        sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
+                        view = xp[(slice(None), slice(None)) + sl]
+                        phases[ph] = np.ascontiguousarray(view) if strided else view
+                    q = starts[ti]
+                    win = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
+                    cols[:, ti] = phases[ph][(slice(None), slice(None)) + win]
+            acc = dp._scratch("blk_acc", (m, nb * npix), F32)
+            np.matmul(wts.matrix, cols.reshape(k, nb * npix), out=acc)
+            acc3 = acc.reshape(m, nb, npix)
         if bias_col is not None:
             # Exact integers of magnitude at most 2**24 each: one rounding, as the
             # int32-to-float32 conversion of their (unwrapped) sum.

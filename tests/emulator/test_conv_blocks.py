@@ -275,3 +275,47 @@ def test_requantize_f32_into_equals_requantize_f32(amax, mult, dtype, relu, seed
     want = dp.requantize_f32(acc_f.copy(), per_row, dtype, zp, relu)
     dp.requantize_f32_into(acc_f.copy(), per_row, out, zp, relu)
     assert np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("shift", [True, False], ids=["row-shift", "im2col"])
+@pytest.mark.parametrize(
+    "kernel,strides,dilations,pads",
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+        ((3, 1), (1, 1), (1, 1), (2, 0, 1, 0)),
+        ((5, 3), (1, 2), (1, 1), (2, 1, 2, 0)),
+        ((2, 2), (1, 1), (2, 1), (0, 1, 1, 0)),
+        ((3, 3), (1, 3), (1, 2), (1, 2, 0, 1)),
+    ],
+)
+def test_row_shift_and_im2col_give_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, workers: int, shift, kernel, strides, dilations, pads
+) -> None:
+    """The same inputs through both block forms (the choice forced), with a layer whose
+    bound is exactly 2**24 (sum |w| * 128)."""
+    used: list[bool] = []
+
+    def forced(kernel, strides, padded, outs) -> bool:
+        ok = shift and kernel[0] > 1 and strides[0] == 1
+        used.append(ok)
+        return ok
+
+    monkeypatch.setattr(cb, "_row_shift_ok", forced)
+    rng = np.random.default_rng(8)
+    c = 16
+    x = rng.integers(-128, 128, (3, c, 11, 13)).astype(np.int8)
+    x[0, :, 5, :] = -128
+    w = rng.integers(-128, 128, (6, c, *kernel)).astype(np.int8)
+    taps = kernel[0] * kernel[1]
+    w[2] = -128 if c * taps * 128 * 128 <= 2**24 else w[2]  # a worst-case channel
+    bias = rng.integers(-(2**20), 2**20, 6).astype(np.int32)
+    kw = {"strides": list(strides), "pads": list(pads), "dilations": list(dilations), "group": 1}
+    _check(x, w, bias, np.float32(2**-9), np.int8, 0, True, **kw)
+    assert used and used[0] == (shift and kernel[0] > 1)
+
+
+def test_row_shift_is_chosen_for_large_maps(paths: list[str]) -> None:
+    assert cb._row_shift_ok([3, 3], [1, 1], [58, 58], [56, 56])
+    assert not cb._row_shift_ok([3, 3], [1, 1], [16, 16], [14, 14])
+    assert not cb._row_shift_ok([3, 3], [2, 2], [58, 58], [28, 28])
+    assert not cb._row_shift_ok([1, 1], [1, 1], [56, 56], [56, 56])

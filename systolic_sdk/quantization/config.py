@@ -19,6 +19,9 @@ class TensorOverride:
     # Optional range instead of a scale (rmin, rmax); exactly one of scale/range is given.
     rmin: float | None = None
     rmax: float | None = None
+    # Without a scale: how parameters are computed from the range (None: the run's default)
+    symmetric: bool | None = None
+    reduce_range: bool | None = None
 
 
 @dataclass

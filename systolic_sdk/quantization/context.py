@@ -199,6 +199,20 @@ class RewriteContext:
         qtype = self.config.weight_type
         w = self.constant(name)
         override = self.config.tensor_overrides.get(name)
+        if override is not None and not override.scale and override.rmin is None is override.rmax:
+            # quant_type / symmetric / reduce_range / axis only: computed from the values, as
+            # onnxruntime does: per channel only when the override names an axis; a weight
+            # overridden to another type takes the activations' symmetry by default
+            wtype = override.quant_type or qtype
+            per_channel = override.axis is not None and w.ndim > 0 and w.size > 0
+            axis = override.axis if override.axis is not None else axis
+            default_sym = self.symmetric_weights if wtype == qtype else self.symmetric_activations
+            symmetric = _pick(override.symmetric, default_sym)
+            rr = _pick(override.reduce_range, self.config.reduce_range)
+            try:
+                return self.backend.weight_params(w, wtype, per_channel, axis, symmetric, rr)
+            except ValueError as exc:
+                raise QuantizationError(f"tensor '{name}': {exc}") from None
         if override is not None:
             wmin = w.min(axis=tuple(i for i in range(w.ndim) if i != axis)) if w.size else 0
             wmax = w.max(axis=tuple(i for i in range(w.ndim) if i != axis)) if w.size else 0
@@ -236,10 +250,23 @@ class RewriteContext:
         types); asymmetric -> from the tensor's range so that its minimum maps to qmin.
         """
         symmetric = self.symmetric_activations if symmetric is None else symmetric
+        symmetric = symmetric if ov.symmetric is None else ov.symmetric
         qtype = ov.quant_type or qtype
+        if not ov.scale:  # computed from the range: the override's sides, else calibrated
+            lo = _given(ov.rmin, None if rng is None else float(np.min(rng[0])))
+            hi = _given(ov.rmax, None if rng is None else float(np.max(rng[1])))
+            if lo is None or hi is None:
+                raise QuantizationError(
+                    f"tensor '{name}': its override gives no scale and no "
+                    f"{'rmin' if lo is None else 'rmax'}, and it has no calibration range"
+                )
+            try:
+                return self.backend.activation_params(
+                    min(lo, hi), max(lo, hi), qtype, symmetric, bool(ov.reduce_range)
+                )
+            except ValueError as exc:
+                raise QuantizationError(f"tensor '{name}': invalid override: {exc}") from None
         try:
-            if ov.rmin is not None and ov.rmax is not None and not ov.scale:
-                return self.backend.activation_params(ov.rmin, ov.rmax, qtype, symmetric, False)
             scale = np.asarray(ov.scale, dtype=F32)
             if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
                 raise ValueError(f"scale must be finite and positive, got {list(ov.scale)}")
@@ -509,6 +536,11 @@ class RewriteContext:
 def _scalar(v) -> float:
     """A range bound as a Python float (accepts numpy scalars and 1-element arrays)."""
     return float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
+
+
+def _given(value, default):
+    """``value`` unless it is None, else ``default``."""
+    return default if value is None else value
 
 
 def _pick(*choices):

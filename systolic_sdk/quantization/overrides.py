@@ -6,10 +6,12 @@ the whole tensor or one per channel::
     {"conv1_1": [{"scale": 0.005, "zero_point": 12}]}
 
 Keys of one dict: ``scale`` and ``zero_point`` (given together), or ``rmin`` / ``rmax``
-(a range the quantizer turns into scale and zero point); ``quant_type``
-(``QuantType`` or a name such as ``"QUInt8"``); ``axis`` (the channel axis, in the
-first dict of a per-channel list). A numpy integer zero point (``np.uint8(12)``) also
-gives the type. A range-only override has an empty ``scale`` tuple.
+(either or both: they replace that side of the calibrated range, which the quantizer
+turns into scale and zero point); ``symmetric`` and ``reduce_range`` (booleans: how that
+range becomes parameters); ``quant_type`` (``QuantType`` or a name such as
+``"QUInt8"``); ``axis`` (the channel axis, in the first dict of a per-channel list). A
+numpy integer zero point (``np.uint8(12)``) also gives the type. An override without a
+scale has an empty ``scale`` tuple.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from systolic_sdk.errors import SdkError
 from systolic_sdk.quantization.config import TensorOverride
 from systolic_sdk.quantization.types import QuantType
 
-_KEYS = ("scale", "zero_point", "quant_type", "axis", "rmin", "rmax")
+_KEYS = ("scale", "zero_point", "quant_type", "axis", "rmin", "rmax", "symmetric", "reduce_range")
 _NP_TYPES = {
     np.dtype(np.int8): QuantType.QInt8,
     np.dtype(np.uint8): QuantType.QUInt8,
@@ -112,23 +114,25 @@ def _parse_entry(name: str, entries: Any, source: str) -> TensorOverride:
         raise OverrideError(f"{where}: 'axis' must be an integer, got {axis!r}")
     has_scale = any("scale" in e or "zero_point" in e for e in entries)
     has_range = any("rmin" in e or "rmax" in e for e in entries)
+    flags = {k: _bool(first[k], where, k) for k in ("symmetric", "reduce_range") if k in first}
     if has_scale and has_range:
         raise OverrideError(f"{where}: give either scale/zero_point or rmin/rmax, not both")
-    if not has_scale and not has_range:
-        if per_channel:
-            raise OverrideError(f"{where}: per-channel entries need 'scale' and 'zero_point'")
-        return TensorOverride(scale=(), quant_type=quant_type, axis=_int(axis))
-    if has_range:
-        if per_channel:
+    if has_scale and flags:
+        key = next(iter(flags))
+        raise OverrideError(f"{where}: '{key}' applies without scale/zero_point (they fix it)")
+    if not has_scale:
+        if per_channel and has_range:
             raise OverrideError(
                 f"{where}: rmin/rmax is per tensor; give one dict, or per-channel scale/zero_point"
             )
+        if per_channel:
+            raise OverrideError(f"{where}: per-channel entries need 'scale' and 'zero_point'")
         rmin = _float(first.get("rmin"), where, "rmin") if "rmin" in first else None
         rmax = _float(first.get("rmax"), where, "rmax") if "rmax" in first else None
         if rmin is not None and rmax is not None and rmin > rmax:
             raise OverrideError(f"{where}: rmin {rmin} is greater than rmax {rmax}")
         return TensorOverride(
-            scale=(), quant_type=quant_type, axis=_int(axis), rmin=rmin, rmax=rmax
+            scale=(), quant_type=quant_type, axis=_int(axis), rmin=rmin, rmax=rmax, **flags
         )
     scales: list[float] = []
     zero_points: list[int] = []
@@ -164,6 +168,12 @@ def _parse_entry(name: str, entries: Any, source: str) -> TensorOverride:
         quant_type=quant_type,
         axis=_int(axis),
     )
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise OverrideError(f"{where}: '{key}' must be true or false, got {value!r}")
+    return bool(value)
 
 
 def check_overrides_fit_model(
@@ -217,6 +227,9 @@ def overrides_to_json(overrides: Mapping[str, TensorOverride]) -> dict[str, list
                 entry["rmin"] = ov.rmin
             if ov.rmax is not None:
                 entry["rmax"] = ov.rmax
+            for key in ("symmetric", "reduce_range"):
+                if getattr(ov, key) is not None:
+                    entry[key] = getattr(ov, key)
             entries = [entry]
         if ov.quant_type is not None:
             entries[0]["quant_type"] = ov.quant_type.name

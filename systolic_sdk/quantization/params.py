@@ -80,8 +80,9 @@ def compute_params(
 
     The range is first widened to include 0. Symmetric: ``scale = 2*max|r| / (qmax-qmin)``
     and the zero point is the middle of the integer range (0 for signed types).
-    Asymmetric: ``scale = (rmax-rmin) / (qmax-qmin)``, ``zp = rne(qmin - rmin/scale)``.
-    A zero range gives scale 1.0 and zero point 0.
+    Asymmetric: ``scale = (rmax-rmin) / (qmax-qmin)``, ``zp = rne(qmin - rmin/scale)``,
+    both in float64 as onnxruntime computes them; the scale is stored as float32. A zero
+    range gives scale 1.0 and zero point 0.
     """
     rmin = np.minimum(np.asarray(rmin, dtype=F32), F32(0))
     rmax = np.maximum(np.asarray(rmax, dtype=F32), F32(0))
@@ -91,16 +92,17 @@ def compute_params(
         absmax = np.maximum(np.abs(rmin), np.abs(rmax))
         rmin, rmax = -absmax, absmax
     qmin, qmax = quant_range(qtype, reduce_range, symmetric)
-    span = np.subtract(rmax, rmin, dtype=F32)
-    scale = np.divide(span, F32(qmax - qmin), dtype=F32)
-    degenerate = scale < np.finfo(F32).tiny
-    safe = np.where(degenerate, F32(1), scale).astype(F32)
+    # As onnxruntime: the span and the scale in float64 (a float32 difference of the
+    # bounds can lose bits), the zero point from the float64 scale, the scale stored f32.
+    scale64 = (rmax.astype(np.float64) - rmin.astype(np.float64)) / float(qmax - qmin)
+    degenerate = scale64 < np.finfo(F32).tiny
+    safe64 = np.where(degenerate, 1.0, scale64)
     if symmetric:
-        zp = np.broadcast_to(datapath.rne(F32((qmin + qmax) / 2)), scale.shape)
+        zp = np.broadcast_to(datapath.rne(np.float64((qmin + qmax) / 2)), scale64.shape)
     else:
-        zp = datapath.rne(np.subtract(F32(qmin), np.divide(rmin, safe, dtype=F32), dtype=F32))
+        zp = datapath.rne(qmin - rmin.astype(np.float64) / safe64)
     zp = np.clip(np.where(degenerate, 0, zp), qmin, qmax)
-    return QuantParams(safe, zp.astype(np.int64), qtype, axis)
+    return QuantParams(safe64.astype(F32), zp.astype(np.int64), qtype, axis)
 
 
 def activation_params(

@@ -96,6 +96,8 @@ def test_round_trip_to_json():
         ({"t": [{"scale": 0.1, "zero_point": 0, "rmin": 0}]}, "not both"),
         ({"t": [{"rmin": 2.0, "rmax": 1.0}]}, "rmin 2.0 is greater than rmax 1.0"),
         ({"t": [{"rmin": 0.0}, {"rmin": 1.0}]}, "rmin/rmax is per tensor"),
+        ({"t": [{"symmetric": 1}]}, "'symmetric' must be true or false"),
+        ({"t": [{"scale": 0.1, "zero_point": 0, "reduce_range": True}]}, "'reduce_range' applies"),
         ({"t": [{"scale": 0.1, "zero_point": 0}, {"scale": 0.1}]}, "channel 1: 'zero_point'"),
         (
             {
@@ -140,3 +142,11 @@ def test_overrides_must_fit_the_model(tiny_model):
     wrong_axis = parse_tensor_overrides({"w": [{"scale": 0.1, "zero_point": 0, "axis": 1}] * 4})
     with pytest.raises(SdkError, match="dimension 1 of shape"):
         check_overrides_fit_model(wrong_axis, tiny_model)
+
+
+def test_range_flags_round_trip():
+    data = {"a": [{"rmin": -1.5, "symmetric": True}], "w": [{"reduce_range": True, "axis": 0}]}
+    ov = parse_tensor_overrides(data)
+    assert ov["a"] == TensorOverride(scale=(), rmin=-1.5, symmetric=True)
+    assert ov["w"] == TensorOverride(scale=(), axis=0, reduce_range=True)
+    assert parse_tensor_overrides(json.loads(json.dumps(overrides_to_json(ov)))) == ov

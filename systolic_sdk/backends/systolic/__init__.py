@@ -94,7 +94,13 @@ def systolic_config_hook(backend: Backend, config: QuantConfig) -> QuantConfig:
                 f"tensor override '{name}': backend '{NAME}' needs zero point 0, "
                 f"got {list(ov.zero_point)}"
             )
-        if len(ov.scale) > 1:
+        if ov.symmetric is False or ov.reduce_range:
+            key = "symmetric=false" if ov.symmetric is False else "reduce_range"
+            raise QuantizationError(
+                f"tensor override '{name}': backend '{NAME}' quantizes symmetrically over the "
+                f"full int8 range; '{key}' is not supported"
+            )
+        if len(ov.scale) > 1 or ov.axis is not None:
             raise QuantizationError(
                 f"tensor override '{name}': backend '{NAME}' supports per-tensor scales only, "
                 f"got {len(ov.scale)} scales"
@@ -155,22 +161,22 @@ def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> lis
 
 
 def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.ModelProto:
-    """Cross-layer equalization and bias correction (both on by default): per-tensor int8
-    weights lose the small channels of depthwise layers without them. Bias correction
-    measures on ``reader`` and is skipped (with a warning if it was asked for) without it."""
+    """The fp32 preparation for per-tensor weights (:func:`per_tensor_recipe`, its defaults
+    unless ``config`` switches a step). The data-driven steps measure on ``reader`` and are
+    skipped (with a warning if bias correction was asked for) without it."""
     from systolic_sdk.transforms.recipe import per_tensor_recipe
 
-    equalization = config.equalization is not False
-    bias_correction = config.bias_correction is not False
-    if bias_correction and reader is None:
-        if config.bias_correction:
-            warn("bias correction needs calibration data; skipped")
-        bias_correction = False
-    if not (equalization or bias_correction):
-        return model
-    return per_tensor_recipe(
-        model, reader, equalization=equalization, bias_correction=bias_correction
-    )
+    if reader is None and config.bias_correction:
+        warn("bias correction needs calibration data; skipped")
+    switches = {
+        key: value
+        for key, value in (
+            ("equalization", config.equalization),
+            ("bias_correction", config.bias_correction),
+        )
+        if value is not None
+    }
+    return per_tensor_recipe(model, reader, **switches)
 
 
 def check_systolic_graph(model: onnx.ModelProto) -> None:

@@ -223,9 +223,7 @@ def collect(
     skipped = 0
     bar = _Progress(reader, progress)
     batchable = _batchable(model)
-    first_target = batch_size or (
-        _reduced_batch(info, reducible) if reducible and batchable else 1
-    )
+    first_target = batch_size or (_reduced_batch(info, reducible) if reducible and batchable else 1)
     batcher = _Batcher(reader, first_target, batchable)
     try:
         for feed, used in batcher:
@@ -299,7 +297,7 @@ def _update_histograms(
     children: dict[str, list[str]],
 ) -> None:
     """Add one batch to the histograms; a tensor and those derived from it in one pass."""
-    for name, st in stats.items():
+    for name in stats:
         if name in derived or name not in values or name not in extremes:
             continue
         group = [name] + [c for c in children.get(name, ()) if c in stats]

@@ -217,19 +217,23 @@ def derived_tensors(
         bounds = _clip_bounds(node, constants)
         if bounds is not None and src != out:
             direct[out] = (src, bounds)
-    resolved: dict[str, tuple[str, Bounds]] = {}
-    for name in names:
-        if name not in direct:
-            continue
-        src, bounds = direct[name]
-        seen = {name}
-        while src in direct and src not in seen:  # a chain: clip of a clip
-            seen.add(src)
-            src, inner = direct[src]
-            bounds = _compose(bounds, inner)
-        if src in wanted and src not in direct:
-            resolved[name] = (src, bounds)
-    return resolved
+    resolved: dict[str, tuple[str, Bounds] | None] = {}
+
+    def resolve(name: str) -> tuple[str, Bounds] | None:
+        """(calibrated source that is not derived itself, composed bounds), or None."""
+        if name not in resolved:
+            resolved[name] = None  # also guards against cycles
+            if name in direct:
+                src, bounds = direct[name]
+                up = resolve(src) if src in direct else None
+                if up is not None:
+                    resolved[name] = (up[0], _compose(bounds, up[1]))
+                elif src in wanted:
+                    resolved[name] = (src, bounds)
+        return resolved[name]
+
+    out = {name: resolve(name) for name in names}
+    return {name: r for name, r in out.items() if r is not None}
 
 
 REDUCED = ("min", "max", "sum")

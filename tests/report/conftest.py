@@ -14,32 +14,39 @@ EFFNET = REPO / "models" / "efficientnet_lite0"
 SAMPLES = 40
 
 
-def quantize_digits(out: Path, *, backend: str = "systolic", **options) -> Path:
-    """The shipped model quantized (QOperator) on 64 calibration samples."""
-    from systolic_sdk import quantize_static
-    from systolic_sdk.calibration.reader import ArrayReader
-    from systolic_sdk.quantization.types import QuantFormat
+def quantize_core(fp32: Path, calib: np.ndarray, out: Path, **config) -> Path:
+    """Quantize (static QOperator, min/max over ``calib``) through the core: no fp32
+    preparation (equalization, weight rounding, bias correction), so the fp32 model's
+    tensors are the reference as they are. ``config``: QuantConfig fields."""
+    import onnx
 
-    calib = np.load(DIGITS / "calib.npz")["input"][:64]
-    quantize_static(
-        str(DIGITS / "model.onnx"),
-        str(out),
-        ArrayReader({"input": calib}, batch_size=16),
-        quant_format=QuantFormat.QOperator,
-        backend=backend,
-        **options,
-    )
+    from systolic_sdk.calibration import ArrayReader, calibrate
+    from systolic_sdk.graph.io import save_model
+    from systolic_sdk.quantization import prepare_model, quantize_model, tensors_to_calibrate
+    from systolic_sdk.quantization.config import QuantConfig
+    from systolic_sdk.quantization.types import OutputForm
+
+    cfg = QuantConfig(**{"backend": "systolic", "form": OutputForm.QOPERATOR, **config})
+    prepared = prepare_model(onnx.load(str(fp32)), cfg)
+    names = tensors_to_calibrate(prepared, cfg)
+    ranges = calibrate(prepared, ArrayReader({"input": calib}, 32), names, method="minmax")
+    save_model(quantize_model(prepared, cfg, dict(ranges)), out)
     return out
+
+
+def quantize_digits(out: Path, **config) -> Path:
+    """The shipped model quantized on 64 calibration samples (QuantConfig fields)."""
+    calib = np.load(DIGITS / "calib.npz")["input"][:64]
+    return quantize_core(DIGITS / "model.onnx", calib, out, **config)
 
 
 @pytest.fixture(scope="session")
 def digits_paths(tmp_path_factory) -> dict[str, Path]:
-    """fp32 model, Systolic model (no equalization: the fp32 tensors are the reference
-    as they are) and an .npz of SAMPLES test samples with their labels."""
+    """fp32 model, Systolic model and an .npz of SAMPLES test samples with labels."""
     if not (DIGITS / "model.onnx").exists():
         pytest.skip("models/digits_cnn is not present")
     folder = tmp_path_factory.mktemp("report_digits")
-    q = quantize_digits(folder / "digits.systolic.onnx", equalization=False)
+    q = quantize_digits(folder / "digits.systolic.onnx")
     with np.load(DIGITS / "test.npz") as z:
         np.savez(folder / "test40.npz", input=z["input"][:SAMPLES], label=z["label"][:SAMPLES])
     return {"fp32": DIGITS / "model.onnx", "quant": q, "data": folder / "test40.npz"}
@@ -61,17 +68,13 @@ def digits_feeds(digits_paths) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def effnet_paths(tmp_path_factory) -> dict[str, Path]:
-    """EfficientNet-Lite0 quantized for the Systolic backend on 4 photos (without the fp32
-    preparation, which takes most of a minute on this network), and 2 other photos
+    """EfficientNet-Lite0 quantized for the Systolic backend on 4 photos (through the core:
+    the fp32 preparation takes most of a minute on this network), and 2 other photos
     preprocessed as the model's input."""
     import sys
 
     if not (EFFNET / "model.onnx").exists() or not (EFFNET / "photos.npz").exists():
         pytest.skip("models/efficientnet_lite0 is not present")
-    from systolic_sdk import quantize_static
-    from systolic_sdk.calibration.reader import ArrayReader
-    from systolic_sdk.quantization.types import QuantFormat
-
     sys.path.insert(0, str(EFFNET))
     try:
         from preprocess import preprocess
@@ -80,15 +83,6 @@ def effnet_paths(tmp_path_factory) -> dict[str, Path]:
     with np.load(EFFNET / "photos.npz") as z:
         x = preprocess(z["images"][:6]).astype(np.float32)
     folder = tmp_path_factory.mktemp("report_effnet")
-    q = folder / "effnet.systolic.onnx"
-    quantize_static(
-        str(EFFNET / "model.onnx"),
-        str(q),
-        ArrayReader({"input": x[:4]}, batch_size=4),
-        quant_format=QuantFormat.QOperator,
-        backend="systolic",
-        equalization=False,
-        bias_correction=False,
-    )
+    q = quantize_core(EFFNET / "model.onnx", x[:4], folder / "effnet.systolic.onnx")
     np.savez(folder / "photos2.npz", input=x[4:6])
     return {"fp32": EFFNET / "model.onnx", "quant": q, "data": folder / "photos2.npz"}

@@ -242,14 +242,25 @@ def test_divergence_is_reported(digits_paths, monkeypatch) -> None:
     assert rep["outputs"][0]["bit_exact"] is False
 
 
+def equalized_digits(out):
+    """The shipped model equalized across layers (as the Systolic backend's fp32
+    preparation does), then quantized through the core."""
+    from systolic_sdk.transforms.equalization import equalize
+    from tests.report.conftest import DIGITS, quantize_core
+
+    eq = out.with_name("equalized_fp32.onnx")
+    onnx.save(equalize(onnx.load(str(DIGITS / "model.onnx"))), str(eq))
+    calib = np.load(DIGITS / "calib.npz")["input"][:64]
+    return quantize_core(eq, calib, out)
+
+
 def test_equalized_model_uses_the_equalized_reference(digits_paths, tmp_path) -> None:
     """With cross-layer equalization the tensors between equalized layers are scaled per
     channel: the report compares them with the equalized fp32 model."""
     from systolic_sdk.report import build_report
     from systolic_sdk.report.reference import EQUALIZED, PLAIN
-    from tests.report.conftest import quantize_digits
 
-    q = quantize_digits(tmp_path / "eq.onnx", equalization=True, bias_correction=False)
+    q = equalized_digits(tmp_path / "eq.onnx")
     p = digits_paths
     rep = build_report(q, p["fp32"], p["data"], max_samples=16, progress=False)
     m = rep["meta"]
@@ -273,7 +284,7 @@ def test_cpu_backend_qoperator(digits_paths, tmp_path) -> None:
 
     q = quantize_digits(
         tmp_path / "cpu.onnx", backend="cpu", per_channel=True,
-        activation_type=QuantType.QUInt8,
+        activation_type=QuantType.QUInt8, symmetric_activations=False,
     )  # fmt: skip
     p = digits_paths
     rep = build_report(q, p["fp32"], p["data"], max_samples=16, progress=False)
@@ -312,3 +323,39 @@ def test_qdq_graph_reports_the_float_ops_it_quantizes(digits_paths, tmp_path) ->
     assert all(layer["sqnr_db"] > 25 and layer["array"] is None for layer in rep["layers"])
     assert rep["totals"]["array_layers"] == 0 and rep["exactness"]["bit_exact"] is True
     assert len(rep["activations"]) == len(rep["layers"]) + 1  # and the input
+
+
+def test_nhwc_layers_compared_in_their_layout(digits_paths, digits_feeds, tmp_path) -> None:
+    """QLinearConv_nhwc (one with a fused MaxPool) and NHWC QLinearAdd: the fp32 NCHW
+    values are transposed; SQNR and accumulators recomputed by hand for /res_conv."""
+    from systolic_sdk.report import build_report
+    from tests.report.conftest import quantize_digits
+
+    q = quantize_digits(tmp_path / "nhwc.onnx", extra_options={"SystolicLayout": "nhwc"})
+    p = digits_paths
+    feeds = {"input": digits_feeds["input"][:16]}
+    rep = build_report(q, p["fp32"], p["data"], max_samples=16, progress=False)
+    layers = {layer["name"]: layer for layer in rep["layers"]}
+    assert layers["/conv1/Conv"]["op"] == "QLinearConv_nhwc"
+    assert layers["/conv1/Conv"]["fp32_tensor"] == "/pool1/MaxPool_output_0"  # pool fused
+    assert layers["/Add"]["layout"] == "NHWC"
+    assert all(layer["sqnr_db"] > 20 for layer in rep["layers"])
+    assert rep["exactness"]["bit_exact"] is True
+
+    model = onnx.load(str(q))
+    node = next(n for n in model.graph.node if n.name == "/res_conv/Conv")
+    env = {**initializers(q), **runtime_emulator.run(model, feeds, trace=True)}
+    y = env[node.output[0]]  # NHWC
+    deq = (y.astype(np.float32) - np.float32(env[node.input[7]])) * np.float32(env[node.input[6]])
+    ref = fp32_values(p["fp32"], ["/Relu_2_output_0"], feeds)["/Relu_2_output_0"]
+    ref = ref.transpose(0, 2, 3, 1).astype(np.float64)
+    want = 10 * math.log10(np.sum(ref**2) / np.sum((ref - deq) ** 2))
+    assert layers["/res_conv/Conv"]["sqnr_db"] == pytest.approx(want, rel=1e-6)
+    x = env[node.input[0]].astype(np.int64).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    w = env[node.input[3]].astype(np.int64).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    acc = dp.conv_accumulate_reference(
+        x, w, strides=list(attrs["strides"]), pads=list(attrs["pads"]), dilations=[1, 1], group=1
+    ) + env[node.input[8]].astype(np.int64).reshape(1, -1, 1, 1)
+    a = layers["/res_conv/Conv"]["accumulator"]
+    assert (a["min"], a["max"]) == (int(acc.min()), int(acc.max()))

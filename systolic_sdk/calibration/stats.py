@@ -286,20 +286,34 @@ def bin_index(value: float, exponent: int) -> int:
     return math.floor(math.ldexp(value, -exponent))
 
 
+# Values binned per step: the scratch arrays stay in the CPU cache and are reused.
+BIN_CHUNK = 1 << 16
+
+
 def bin_counts(values: np.ndarray, exponent: int, first: int, size: int) -> np.ndarray:
     """Counts of finite ``values`` on bins ``first .. first + size - 1`` of width
     ``2**exponent`` (every value must fall in them): ``floor(v / 2**exponent)``, exact."""
-    scale = values.dtype.type(math.ldexp(1.0, -exponent))
+    dtype = values.dtype.type
+    scale, offset = dtype(math.ldexp(1.0, -exponent)), dtype(first)
     flat = values.ravel()
-    scaled = flat * scale  # exact: a power of two (or an underflow, handled below)
-    np.floor(scaled, out=scaled)
-    if exponent > 0:
-        # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
-        tiny = (scaled == 0) & (flat < 0)
-        if tiny.any():
-            scaled[tiny] = -1
-    scaled -= scaled.dtype.type(first)  # integers below 2**24 in magnitude: exact
-    return np.bincount(scaled.astype(np.intp), minlength=size)
+    step = max(BIN_CHUNK, 4 * size)  # the per-step counts cost O(size)
+    scaled_buf = np.empty(min(flat.size, step), values.dtype)
+    index_buf = np.empty(scaled_buf.size, np.intp)
+    counts = np.zeros(size, np.int64)
+    for start in range(0, flat.size, step):
+        part = flat[start : start + step]
+        scaled, index = scaled_buf[: part.size], index_buf[: part.size]
+        np.multiply(part, scale, out=scaled)  # exact: a power of two (or an underflow)
+        np.floor(scaled, out=scaled)
+        if exponent > 0:
+            # A tiny negative value can underflow to -0.0 and land in bin 0, not -1.
+            tiny = (scaled == 0) & (part < 0)
+            if tiny.any():
+                scaled[tiny] = -1
+        np.subtract(scaled, offset, out=scaled)  # integers below 2**24: exact
+        index[...] = scaled
+        counts += np.bincount(index, minlength=size)
+    return counts
 
 
 Bounds = tuple[float | None, float | None]

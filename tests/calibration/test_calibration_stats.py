@@ -197,3 +197,18 @@ def test_statistics_pickle_and_merge_across_processes():
     for method in ("naive", "percentile", "entropy", "mse"):
         assert compute_ranges(merged, method) == compute_ranges(whole, method)
     assert merged["t"].minmax.mean_max == (float(a.max()) + float(b.max())) / 2
+
+
+@pytest.mark.parametrize("exponent", [-6, 3])
+def test_binning_in_steps_equals_numpy(monkeypatch, exponent):
+    from systolic_sdk.calibration import stats as stats_mod
+
+    rng = np.random.default_rng(5)
+    values = (rng.standard_normal(1000) * 2.0 ** (exponent + 2)).astype(np.float32)
+    values[:3] = [-1.4e-45, 0.0, -(2.0**exponent)]  # an underflow, zero, an edge
+    first = math.floor(math.ldexp(float(values.min()), -exponent))
+    size = math.floor(math.ldexp(float(values.max()), -exponent)) - first + 1
+    ref = np.bincount(np.floor(values.astype(np.float64) / 2.0**exponent).astype(int) - first)
+    monkeypatch.setattr(stats_mod, "BIN_CHUNK", 1)  # steps of 4 * size values
+    got = stats_mod.bin_counts(values, exponent, first, size)
+    assert np.array_equal(got, ref) and got.sum() == values.size

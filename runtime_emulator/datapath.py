@@ -868,20 +868,25 @@ def max_pool(
 # --- QLinearAdd -----------------------------------------------------------------------------
 
 
+def _rescale_f32(q: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """``sat8(rne(f32(f32(q) * ratio)))`` as float32 integers, for a finite ``ratio`` (a
+    finite ratio times an integer is never NaN; an overflow to +-inf saturates in the
+    clip)."""
+    v = np.asarray(q).astype(F32)
+    with np.errstate(over="ignore"):
+        np.multiply(v, ratio, out=v)
+    v = np.asarray(rne(v), dtype=F32)
+    np.clip(v, -128, 127, out=v)
+    return v
+
+
 def rescale_saturate(
     q: np.ndarray, s_in: np.ndarray | float, s_out: np.ndarray | float
 ) -> np.ndarray:
     """The accelerator's per-input rescale: ``sat8(rne(f32(f32(q) * f32(s_in / s_out))))``."""
     ratio = np.divide(np.asarray(s_in, F32), np.asarray(s_out, F32), dtype=F32)
     if np.all(np.isfinite(ratio)):
-        # A finite ratio times an integer is never NaN; an overflow to +-inf saturates
-        # in the clip as it would below. Same float32 steps, in place.
-        v = np.asarray(q).astype(F32)
-        with np.errstate(over="ignore"):
-            np.multiply(v, ratio, out=v)
-        np.rint(v, out=v)
-        np.clip(v, -128, 127, out=v)
-        return v.astype(np.int8)
+        return _rescale_f32(q, ratio).astype(np.int8)
     with np.errstate(over="ignore", invalid="ignore"):
         v = rne(np.multiply(np.asarray(q).astype(F32), ratio, dtype=F32)).astype(np.float64)
     return sat8(np.nan_to_num(np.clip(v, -256.0, 256.0), nan=0.0))
@@ -897,6 +902,15 @@ def qlinear_add_systolic(
 ) -> np.ndarray:
     """The accelerator's QLinearAdd (int8, zero points 0): rescale and saturate each input,
     add, clamp to [0 if relu else -128, 127]."""
+    r_a = np.divide(np.asarray(s_a, F32), np.asarray(s_c, F32), dtype=F32)
+    r_b = np.divide(np.asarray(s_b, F32), np.asarray(s_c, F32), dtype=F32)
+    if np.shape(a) == np.shape(b) and np.all(np.isfinite(r_a)) and np.all(np.isfinite(r_b)):
+        # The same steps in float32 (the saturated values and their sum are small
+        # integers, exact), without the round trip through int8.
+        total_f = _rescale_f32(a, r_a)
+        np.add(total_f, _rescale_f32(b, r_b), out=total_f)
+        np.clip(total_f, 0 if relu else -128, 127, out=total_f)
+        return total_f.astype(np.int8)
     total = np.add(rescale_saturate(a, s_a, s_c), rescale_saturate(b, s_b, s_c), dtype=np.int16)
     np.clip(total, 0 if relu else -128, 127, out=total)
     return total.astype(np.int8)

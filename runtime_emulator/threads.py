@@ -145,3 +145,33 @@ def map_blocks(fn: Callable[..., T], blocks: Sequence[tuple[Any, ...]]) -> list[
         futures = [pool.submit(fn, *b) for b in blocks]
         wait(futures)  # every block done before the BLAS thread count is restored
     return [f.result() for f in futures]
+
+
+#: Elementwise work below this many elements runs in one piece.
+MIN_CHUNK = 1 << 16
+
+
+def map_chunks(
+    fn: Callable[..., Any], arrays: Sequence[Any], dtype: Any, axis_len: int | None = None
+) -> Any:
+    """``fn(*arrays)`` computed in pieces along the first axis, one per worker, into one
+    output of element type ``dtype`` (``fn`` must treat the leading axis elementwise:
+    ``fn(*parts)[i] == fn(*arrays)[i0 + i]``). Small inputs run in one piece."""
+    import numpy as np
+
+    n = axis_len if axis_len is not None else len(arrays[0])
+    size = int(np.prod(np.shape(arrays[0])))
+    pieces = min(workers(), n)
+    if pieces <= 1 or size < MIN_CHUNK:
+        return fn(*arrays)
+    bounds = [(n * i // pieces, n * (i + 1) // pieces) for i in range(pieces)]
+    parts: list[Any] = [None] * pieces
+
+    def run(i: int, i0: int, i1: int) -> None:
+        parts[i] = fn(*(a[i0:i1] for a in arrays))
+
+    map_blocks(run, [(i, i0, i1) for i, (i0, i1) in enumerate(bounds)])
+    out = np.empty((n,) + tuple(parts[0].shape[1:]), dtype=dtype)
+    for (i0, i1), part in zip(bounds, parts, strict=True):
+        out[i0:i1] = part
+    return out

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import threads
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import arg, attr_str, fail
 
@@ -112,5 +113,10 @@ def max_pool(
         raise fail(ctx, "the pool window does not fit the input")
     if want_indices:
         return list(_gathered_pool(x, kernel, strides, dilations, pads, outs, storage_order))
-    y = dp.max_pool(x, kernel, strides, pads, dilations=dilations, ceil_mode=ceil_mode)
+    # Samples are pooled independently: one piece of the batch per core.
+    y = threads.map_chunks(
+        lambda xb: dp.max_pool(xb, kernel, strides, pads, dilations=dilations, ceil_mode=ceil_mode),
+        [x],
+        x.dtype,
+    )
     return [y]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import threads
 from runtime_emulator.kernels import TARGETS, KernelContext, register
 from runtime_emulator.kernels._common import (
     INT8_TYPES,
@@ -47,7 +48,13 @@ def _systolic(ins: list[np.ndarray | None], attrs: dict[str, Any], ctx: KernelCo
             f"the Systolic QLinearAdd needs equal shapes, got {list(a.shape)} and {list(b.shape)}",
         )
     relu = bool(attrs.get("relu", 0))
-    return dp.qlinear_add_systolic(a, s_a.reshape(()), b, s_b.reshape(()), s_c.reshape(()), relu)
+    s_a, s_b, s_c = s_a.reshape(()), s_b.reshape(()), s_c.reshape(())
+    if a.ndim == 0:
+        return dp.qlinear_add_systolic(a, s_a, b, s_b, s_c, relu)
+    # Elementwise: the leading axis is cut in one piece per core.
+    return threads.map_chunks(
+        lambda a_, b_: dp.qlinear_add_systolic(a_, s_a, b_, s_b, s_c, relu), [a, b], np.int8
+    )
 
 
 def _span_kind(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> str:

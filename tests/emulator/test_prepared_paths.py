@@ -83,3 +83,27 @@ def test_prepared_operand_of_empty_shapes(shape) -> None:
     b = np.zeros(shape, np.int16)
     got = dp.int_matmul_wrap32_prepared(a, dp.prepare_matmul_operand(b))
     assert got.shape == (2, shape[1]) and not got.any()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(
+    "scales", [(0.5, 1.5, 1.0), (0.02, 0.03, 0.025), (1.0, 1.0, 2**-7), (3.0, 1e-9, 0.5)]
+)
+def test_qlinear_add_in_float32_equals_the_int8_steps(relu: bool, scales) -> None:
+    """Every int8 pair: the float32 form equals rescale_saturate twice, an int16 add and
+    the clamp (ratios 1/2 and 3/2 put many values on ties)."""
+    a, b = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128))
+    a, b = a.astype(np.int8), b.astype(np.int8)
+    s_a, s_b, s_c = (np.float32(s) for s in scales)
+    want = dp.rescale_saturate(a, s_a, s_c).astype(np.int16) + dp.rescale_saturate(b, s_b, s_c)
+    want = np.clip(want, 0 if relu else -128, 127).astype(np.int8)
+    assert np.array_equal(dp.qlinear_add_systolic(a, s_a, b, s_b, s_c, relu), want)
+
+
+def test_qlinear_add_rounding_goes_through_datapath_rne(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = np.arange(-128, 128, dtype=np.int8)
+    h = np.float32(0.5)
+    right = dp.qlinear_add_systolic(a, h, a, h, np.float32(1))
+    monkeypatch.setattr(dp, "rne", lambda v: np.floor(np.asarray(v) + 0.5))
+    wrong = dp.qlinear_add_systolic(a, h, a, h, np.float32(1))
+    assert not np.array_equal(right, wrong)

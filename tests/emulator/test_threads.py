@@ -64,3 +64,17 @@ def test_one_worker_runs_in_the_calling_thread() -> None:
             threads.set_workers(0)
     finally:
         threads.set_workers(None)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_map_chunks_equals_one_piece(two_workers: None, n: int) -> None:
+    rng = np.random.default_rng(n)
+    a = rng.integers(-128, 128, (n, 300)).astype(np.int8)
+    b = rng.integers(-128, 128, (n, 300)).astype(np.int8)
+
+    def fn(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return (x.astype(np.int16) * 3 - y).astype(np.int16)
+
+    got = threads.map_chunks(fn, [a, b], np.int16)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, fn(a, b))

@@ -51,6 +51,7 @@ from systolic_sdk.transforms.bias_correction import CalibrationData, _FeedSource
 
 Rounding = Literal["nearest", "gptq"]
 Clip = Literal["max", "mse"]
+_BLOCK = 128  # GPTQ columns rounded before the rest is updated at once
 DEFAULT_CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(11))  # 1.0, 0.95, ..., 0.5
 
 
@@ -84,7 +85,7 @@ def round_weights(
     clip_grid: Sequence[float] = DEFAULT_CLIP_GRID,
     damping: float = 0.01,
     act_order: bool = True,
-    max_positions: int = 1024,
+    max_positions: int = 256,
     batch_size: int = 8,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` whose Conv/Gemm/MatMul weights lie on their int8 grid.
@@ -152,28 +153,42 @@ def _from_groups(la: _Layer, g: np.ndarray, shape: tuple[int, ...]) -> np.ndarra
 
 
 def _patches(la: _Layer, x: np.ndarray, max_positions: int, phase: int) -> np.ndarray:
-    """Input patches of one sample as [groups, positions, cols] (float32)."""
+    """Input patches of a batch as [groups, positions, cols] (float32).
+
+    At most ``max_positions`` output positions per sample: a regular subsampling of the
+    output grid (every ``step``-th row and column, starting at ``phase % step``).
+    """
     node = la.layer.node
     if la.layer.op != "Conv":
         rows = x.reshape(-1, x.shape[-1])
-        step = max(1, math.ceil(rows.shape[0] / max_positions))
-        return rows[phase % step :: step][None]
+        return rows[None]
     kh, kw = la.kernel
     sh, sw = attr(node, "strides", [1, 1])
     dh, dw = attr(node, "dilations", [1, 1])
     t, left, b, r = attr(node, "pads", [0, 0, 0, 0])
-    xp = np.pad(x, ((0, 0), (t, b), (left, r)))
-    win = np.lib.stride_tricks.sliding_window_view(
-        xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2)
-    )[:, ::sh, ::sw, ::dh, ::dw]  # [C, OH, OW, kh, kw]
-    oh, ow = win.shape[1:3]
+    if (kh, kw, t, left, b, r, la.groups) == (1, 1, 0, 0, 0, 0, 1):  # a 1x1 conv: no im2col
+        oh, ow = -(-x.shape[2] // sh), -(-x.shape[3] // sw)
+        step = max(1, math.ceil(math.sqrt(oh * ow / max_positions)))
+        off = phase % step
+        sub = x[:, :, off * sh :: step * sh, off * sw :: step * sw]
+        return sub.transpose(0, 2, 3, 1).reshape(1, -1, x.shape[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
+    oh = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
     step = max(1, math.ceil(math.sqrt(oh * ow / max_positions)))
     off = phase % step
-    win = win[:, off::step, off::step]
-    c = x.shape[0]
+    rows, cols = range(off, oh, step), range(off, ow, step)
+    n, c = x.shape[:2]
     g = la.groups
-    p = win.reshape(g, c // g, -1, kh * kw)  # [g, cin_g, positions, taps]
-    return np.ascontiguousarray(p.transpose(0, 2, 1, 3).reshape(g, p.shape[2], -1))
+    # one strided slice per kernel tap: [cin_g * kh * kw, ...] in the weight's order
+    taps = np.empty((g, c // g, kh * kw, n, len(rows), len(cols)), dtype=F32)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = rows.start * sh + i * dh, cols.start * sw + j * dw
+            sl = xp[:, :, r0 :: step * sh, c0 :: step * sw][:, :, : len(rows), : len(cols)]
+            taps[:, :, i * kw + j] = sl.transpose(1, 0, 2, 3).reshape(g, c // g, n, *sl.shape[2:])
+    p = taps.reshape(g, -1, n * len(rows) * len(cols))
+    return p.transpose(0, 2, 1)
 
 
 def _measure(
@@ -201,20 +216,17 @@ def _measure(
     for la in layers:
         by_input.setdefault(la.layer.node.input[0], []).append(la)
     input_names = {i.name for i in sess.get_inputs()}
-    sample = 0
+    batch = 0
     for feed in feeds:
         values = sess.run(wanted, {k: v for k, v in feed.items() if k in input_names})
         for name, value in zip(wanted, values, strict=True):
             value = np.asarray(value, dtype=F32)
             for la in by_input[name]:
-                conv = la.layer.op == "Conv"
-                items = value if conv else value[None]
-                for j, item in enumerate(items):
-                    p = _patches(la, item, max_positions, sample + j)
-                    h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
-                    la.hessian = h if la.hessian is None else la.hessian + h
-                    la.count += p.shape[1]
-        sample += len(next(iter(feed.values())))
+                p = _patches(la, value, max_positions, batch)
+                h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
+                la.hessian = h if la.hessian is None else la.hessian + h
+                la.count += p.shape[1]
+        batch += 1
     for la in layers:
         if la.hessian is None or la.count == 0:
             raise SdkError("round_weights: the calibration data is empty")
@@ -295,12 +307,17 @@ def _gptq(
     h[:, ii, ii] += damping * mean[:, None]
     u = _inverse_cholesky(h, label)
     q = np.empty_like(w)
-    for i in range(k):
-        col = w[:, :, i]
-        q[:, :, i] = _nearest(col, scale)
-        err = (col - q[:, :, i] * scale) / u[:, i, i][:, None]
-        if i + 1 < k:
-            w[:, :, i + 1 :] -= err[:, :, None] * u[:, None, i, i + 1 :]
+    for b0 in range(0, k, _BLOCK):  # lazy batch updates: columns in blocks, then one GEMM
+        b1 = min(b0 + _BLOCK, k)
+        blk = w[:, :, b0:b1]  # a view: compensation inside the block updates w
+        err = np.empty_like(blk)
+        for i in range(b1 - b0):
+            col = blk[:, :, i]
+            q[:, :, b0 + i] = _nearest(col, scale)
+            err[:, :, i] = (col - q[:, :, b0 + i] * scale) / u[:, b0 + i, b0 + i][:, None]
+            blk[:, :, i + 1 :] -= err[:, :, i, None] * u[:, None, b0 + i, b0 + i + 1 : b1]
+        if b1 < k:
+            w[:, :, b1:] -= np.matmul(err, u[:, b0:b1, b1:])
     out = np.empty_like(q)
     out[:, :, order] = q
     return out

@@ -124,14 +124,14 @@ def test_patches_reproduce_the_convolution(kernel, strides, pads, dilations, gro
         dilations=list(dilations),
         group=group,
     )
-    model = model_of([node], [init("w", w)], [1, 6, 9, 10], None)  # type: ignore[arg-type]
-    x = rng.standard_normal((1, 6, 9, 10)).astype(np.float32)
-    y = run(model, x)[0]  # [6, OH, OW]
+    model = model_of([node], [init("w", w)], ["N", 6, 9, 10], None)  # type: ignore[arg-type]
+    x = rng.standard_normal((2, 6, 9, 10)).astype(np.float32)
+    y = run(model, x)  # [2, 6, OH, OW]
     (layer,) = _layers(GraphIndex(model))
-    p = _patches(layer, x[0], max_positions=10**6, phase=0)  # [g, positions, cols]
+    p = _patches(layer, x, max_positions=10**6, phase=0)  # [g, samples * positions, cols]
     wg = w.reshape(group, 6 // group, -1)
-    got = np.matmul(p, wg.transpose(0, 2, 1))  # [g, positions, rows]
-    got = got.transpose(0, 2, 1).reshape(6, *y.shape[1:])
+    got = np.matmul(p, wg.transpose(0, 2, 1))  # [g, samples * positions, rows]
+    got = got.reshape(group, 2, -1, 6 // group).transpose(1, 0, 3, 2).reshape(y.shape)
     np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
 
 
@@ -141,10 +141,10 @@ def test_patches_subsample_positions() -> None:
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])
     model = model_of([node], [init("w", w)], [1, 2, 8, 8], None)  # type: ignore[arg-type]
     layer: _Layer = _layers(GraphIndex(model))[0]
-    x = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
     p = _patches(layer, x, max_positions=16, phase=1)
-    assert p.shape == (1, 16, 2)  # every 2nd row and column, starting at 1
-    np.testing.assert_array_equal(p[0, :, 0], x[0, 1::2, 1::2].reshape(-1))
+    assert p.shape == (1, 3 * 16, 2)  # every 2nd row and column, starting at 1
+    np.testing.assert_array_equal(p[0, :, 1], x[:, 1, 1::2, 1::2].reshape(-1))
 
 
 def test_gptq_and_mse_clip_lower_the_output_error_on_real_data(
@@ -180,3 +180,20 @@ def test_shared_weight_left_alone_and_bad_arguments() -> None:
             round_weights(model, np.zeros((2, 3), np.float32), **kwargs)  # type: ignore[arg-type]
     with pytest.raises(SdkError, match="calibration"):
         round_weights(model, [1, 2])  # type: ignore[arg-type]
+
+
+def test_blocked_updates_equal_column_by_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lazy batch updates (blocks of columns, then one GEMM) change no rounding decision."""
+    import systolic_sdk.transforms.weight_rounding as wr
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((2, 4, 20))
+    a = rng.standard_normal((2, 20, 60))
+    a[:, 1:] += a[:, :-1]  # correlated inputs
+    h = np.matmul(a, a.transpose(0, 2, 1))
+    scale = float(np.abs(w).max()) / 127.0 * 8  # a coarse grid: compensation matters
+    monkeypatch.setattr(wr, "_BLOCK", 128)
+    whole = _gptq(w, h, scale, 0.01)
+    monkeypatch.setattr(wr, "_BLOCK", 3)
+    np.testing.assert_array_equal(_gptq(w, h, scale, 0.01), whole)
+    assert not np.array_equal(whole, saturate(rne(w / scale), np.int8))

@@ -1,0 +1,37 @@
+"""graph.io: atomic writes with ordinary permissions, refusal to overwrite the input."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from systolic_sdk.errors import SdkError
+from systolic_sdk.graph.io import check_output_path, load_model, save_model, write_bytes_atomic
+
+
+def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "a.bin"
+        write_bytes_atomic(out, b"abc")
+    finally:
+        os.umask(old)
+    assert out.read_bytes() == b"abc"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # 0666 & ~027, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary file left
+
+
+def test_save_and_load_round_trip(tmp_path: Path, tiny_model) -> None:
+    out = save_model(tiny_model, tmp_path / "m.onnx")
+    assert load_model(out).SerializeToString() == tiny_model.SerializeToString()
+
+
+def test_output_equal_to_input_is_refused(tmp_path: Path, tiny_model) -> None:
+    src = save_model(tiny_model, tmp_path / "m.onnx")
+    before = src.read_bytes()
+    with pytest.raises(SdkError, match="m.onnx"):
+        check_output_path(src, src)
+    assert src.read_bytes() == before

@@ -270,36 +270,67 @@ def _blocked(
             slice(pads[i], pads[i] + sizes[i]) for i in range(nsp))] = xb  # fmt: skip
         return xp
 
-    def block(n0: int, n1: int) -> None:
+    def im2col(n0: int, n1: int) -> np.ndarray:
+        """The block's im2col matrix (K, nb * npix) in this thread's work buffer."""
         nb = n1 - n0
         xb = np.moveaxis(x[n0:n1], 1, 0)  # (C, nb, *sizes), a view
-        if shift:
-            acc3 = _row_shift_gemm(padded_input(xb, nb), stack, kernel, strides, dilations, outs)
-        else:
-            if direct:
-                cols = dp._scratch("blk_cols", (c, nb, npix), F32)
-                cols.reshape(c, nb, *sizes)[...] = xb
-            else:
-                xp = padded_input(xb, nb)
-                cols = dp._scratch("blk_cols", (c, taps, nb, *outs), F32)
-                phases: dict[tuple[int, ...], np.ndarray] = {}
-                for ti in range(taps):
-                    ph = phase_of[ti]
-                    if ph not in phases:
-                        sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
-                        view = xp[(slice(None), slice(None)) + sl]
-                        phases[ph] = np.ascontiguousarray(view) if strided else view
-                    q = starts[ti]
-                    win = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
-                    cols[:, ti] = phases[ph][(slice(None), slice(None)) + win]
-            acc = dp._scratch("blk_acc", (m, nb * npix), F32)
-            np.matmul(wts.matrix, cols.reshape(k, nb * npix), out=acc)
-            acc3 = acc.reshape(m, nb, npix)
+        if direct:
+            cols = dp._scratch("blk_cols", (c, nb, npix), F32)
+            cols.reshape(c, nb, *sizes)[...] = xb
+            return cols.reshape(k, nb * npix)
+        xp = padded_input(xb, nb)
+        cols = dp._scratch("blk_cols", (c, taps, nb, *outs), F32)
+        phases: dict[tuple[int, ...], np.ndarray] = {}
+        for ti in range(taps):
+            ph = phase_of[ti]
+            if ph not in phases:
+                sl = tuple(slice(ph[i], None, strides[i]) for i in range(nsp))
+                view = xp[(slice(None), slice(None)) + sl]
+                phases[ph] = np.ascontiguousarray(view) if strided else view
+            q = starts[ti]
+            win = tuple(slice(q[i], q[i] + outs[i]) for i in range(nsp))
+            cols[:, ti] = phases[ph][(slice(None), slice(None)) + win]
+        return cols.reshape(k, nb * npix)
+
+    def epilogue(acc3: np.ndarray, n0: int, n1: int, m0: int, m1: int) -> None:
+        """Bias, requantization and the int8 write of output channels m0:m1."""
         if bias_col is not None:
             # Exact integers of magnitude at most 2**24 each: one rounding, as the
             # int32-to-float32 conversion of their (unwrapped) sum.
-            np.add(acc3, bias_col, out=acc3)
-        dp.requantize_f32_into(acc3, mult_col, out[n0:n1].transpose(1, 0, 2), zp, relu)
+            np.add(acc3, bias_col[m0:m1], out=acc3)
+        mult_part = mult_col[m0:m1] if mult_col.ndim else mult_col
+        dst = out[n0:n1, m0:m1].transpose(1, 0, 2)
+        dp.requantize_f32_into(acc3, mult_part, dst, zp, relu)
 
-    threads.map_blocks(block, _sample_blocks(n_batch, npix, k))
+    def block(n0: int, n1: int) -> None:
+        nb = n1 - n0
+        if shift:
+            xb = np.moveaxis(x[n0:n1], 1, 0)
+            acc3 = _row_shift_gemm(padded_input(xb, nb), stack, kernel, strides, dilations, outs)
+        else:
+            acc = dp._scratch("blk_acc", (m, nb * npix), F32)
+            np.matmul(wts.matrix, im2col(n0, n1), out=acc)
+            acc3 = acc.reshape(m, nb, npix)
+        epilogue(acc3, n0, n1, 0, m)
+
+    blocks = _sample_blocks(n_batch, npix, k)
+    parts = threads.workers()
+    if len(blocks) >= parts or m < 2 * parts:
+        threads.map_blocks(block, blocks)
+    else:
+        # Fewer sample blocks than cores (small batches): one im2col per block, then the
+        # GEMM and the epilogue split by output channels.
+        for n0, n1 in blocks:
+            cols = im2col(n0, n1)
+            nb = n1 - n0
+
+            def channels(
+                m0: int, m1: int, n0: int = n0, n1: int = n1, nb: int = nb, cols=cols
+            ) -> None:
+                acc = dp._scratch("blk_acc", (m1 - m0, nb * npix), F32)
+                np.matmul(wts.matrix[m0:m1], cols, out=acc)
+                epilogue(acc.reshape(m1 - m0, nb, npix), n0, n1, m0, m1)
+
+            splits = [(m * i // parts, m * (i + 1) // parts) for i in range(parts)]
+            threads.map_blocks(channels, splits)
     return out.reshape(n_batch, m, *outs)

@@ -319,3 +319,17 @@ def test_row_shift_is_chosen_for_large_maps(paths: list[str]) -> None:
     assert not cb._row_shift_ok([3, 3], [1, 1], [16, 16], [14, 14])
     assert not cb._row_shift_ok([3, 3], [2, 2], [58, 58], [28, 28])
     assert not cb._row_shift_ok([1, 1], [1, 1], [56, 56], [56, 56])
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_small_batches_split_the_gemm_by_output_channels(workers: int, n: int) -> None:
+    """Fewer sample blocks than workers: the GEMM and epilogue run per channel range
+    (per-channel multipliers and biases sliced with them)."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (n, 8, 30, 30)).astype(np.int8)
+    w = rng.integers(-128, 128, (7, 8, 3, 3)).astype(np.int8)
+    bias = rng.integers(-(2**16), 2**16, 7).astype(np.int32)
+    mult = rng.uniform(1e-5, 1e-3, 7).astype(np.float32)
+    assert len(cb._sample_blocks(n, 900, 72)) < 2 or n == 3
+    for kw in (_geometry(3, 1, 1), _geometry(3, 2, 0)):
+        _check(x, w, bias, mult, np.uint8, 7, True, **kw)

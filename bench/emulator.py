@@ -22,7 +22,8 @@ Contestants for ResNet-18:
 
 Timing: ``time.perf_counter``, after one warm-up; the emulator and both onnxruntime
 sessions run interleaved (one call each in turn) so they share the machine's load, and
-the median and the minimum are printed; onnx.reference is timed alone (median).
+the median and the minimum are printed, with the median CPU time of the process (all
+threads) and the load average; onnx.reference is timed alone (median).
 onnxruntime with ``intra_op_num_threads=2``. The emulator's output on the standard
 graph with target "cpu" is also checked bit for bit against ``ort-same``.
 
@@ -33,6 +34,7 @@ fewer repeats). Figures go in bench/README.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -389,18 +391,26 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
-    """(median, min) wall time of each function, calling them in turn ``repeats`` times
-    after one warm-up call each, so that every contestant sees the same machine load."""
+def interleaved_times(
+    fns: list[Callable[[], object]], repeats: int
+) -> list[tuple[float, float, float]]:
+    """(median wall, min wall, median CPU) time of each function, calling them in turn
+    ``repeats`` times after one warm-up call each, so that every contestant sees the same
+    machine load. CPU time is the process's (every thread, onnxruntime's included)."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
+    cpus: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            start = time.perf_counter()
+        for fn, ts, cs in zip(fns, times, cpus, strict=True):
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
             ts.append(time.perf_counter() - start)
-    return [(statistics.median(ts), min(ts)) for ts in times]
+            cs.append(time.process_time() - cpu)
+    return [
+        (statistics.median(ts), min(ts), statistics.median(cs))
+        for ts, cs in zip(times, cpus, strict=True)
+    ]
 
 
 def ort_session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
@@ -409,6 +419,13 @@ def ort_session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
 
 
 def _row(label: str, t: float, base: float, note: str = "") -> str:
@@ -439,22 +456,23 @@ def bench_resnet(
         feeds = {"input": x}
         same = sess_same.run(None, feeds)[0]
         exact = np.array_equal(emu_cpu.run(feeds)["logits"], same)
-        (t_emu, m_emu), (t_fast, m_fast), (t_same, m_same) = interleaved_times(
-            [
-                lambda: emu.run(feeds),  # noqa: B023
-                lambda: sess_fast.run(None, feeds),  # noqa: B023
-                lambda: sess_same.run(None, feeds),  # noqa: B023
-            ],
-            repeats,
+        (t_emu, m_emu, c_emu), (t_fast, m_fast, c_fast), (t_same, m_same, c_same) = (
+            interleaved_times(
+                [
+                    lambda: emu.run(feeds),  # noqa: B023
+                    lambda: sess_fast.run(None, feeds),  # noqa: B023
+                    lambda: sess_same.run(None, feeds),  # noqa: B023
+                ],
+                repeats,
+            )
         )
         print(f" batch {n}: (ratio = time / emulator time; median, then min, of interleaved runs)")
-        print(_row("emulator (Systolic graph)", t_emu, t_emu, f"min {m_emu * 1e3:.1f} ms"))
-        print(
-            _row("onnxruntime fastest int8 (U8S8 QDQ)", t_fast, t_emu, f"min {m_fast * 1e3:.1f} ms")
-        )
-        print(
-            _row("onnxruntime same int8 graph (S8S8)", t_same, t_emu, f"min {m_same * 1e3:.1f} ms")
-        )
+        for label, t, mn, cpu in (
+            ("emulator (Systolic graph)", t_emu, m_emu, c_emu),
+            ("onnxruntime fastest int8 (U8S8 QDQ)", t_fast, m_fast, c_fast),
+            ("onnxruntime same int8 graph (S8S8)", t_same, m_same, c_same),
+        ):
+            print(_row(label, t, t_emu, f"min {mn * 1e3:.1f} ms, cpu {cpu * 1e3:.1f} ms"))
         if n in ref_batches:
             t_ref = median_time(lambda: reference.run(None, feeds), ref_repeats)  # noqa: B023
             print(_row("onnx.reference same int8 graph", t_ref, t_emu))
@@ -463,8 +481,10 @@ def bench_resnet(
             print("  onnx.reference: skipped at this batch (--skip-reference-batch8)")
         print(
             f"  emulator / onnxruntime fastest: {t_emu / t_fast:.1f}x by medians, "
-            f"{m_emu / m_fast:.1f}x by minima (target <= 3x at batch 8)"
+            f"{m_emu / m_fast:.1f}x by minima, {c_emu / c_fast:.1f}x by CPU time "
+            "(target <= 3x at batch 8)"
         )
+        print(f"  machine load average (1 min) after this batch: {_load():.1f}")
         print(f"  emulator(target=cpu) == onnxruntime on the same graph, bit for bit: {exact}")
 
 

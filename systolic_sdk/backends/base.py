@@ -106,12 +106,12 @@ class Backend:
         if not cfg.static:
             if not self.dynamic:
                 raise QuantizationError(f"backend '{self.name}' does not support dynamic mode")
-            if cfg.form != OutputForm.INTEGER:
+            if cfg.form == OutputForm.QDQ:
                 cfg = adapt(
                     cfg,
                     "dynamic quantization computes activation parameters at run time with "
-                    f"DynamicQuantizeLinear, which only the integer form uses; using "
-                    f"form=integer instead of {cfg.form.value}",
+                    "DynamicQuantizeLinear, which the qdq form cannot express; using "
+                    "form=integer instead of qdq",
                     form=OutputForm.INTEGER,
                 )
             if cfg.activation_type != QuantType.QUInt8:

@@ -55,7 +55,7 @@ CASES = [
     (QuantizationMode.IntegerOps_Static, False, "ConvInteger", False),
     (QuantizationMode.IntegerOps_Dynamic, False, "ConvInteger", True),
     (QuantizationMode.QLinearOps_Static, False, "QLinearConv", False),
-    (QuantizationMode.QLinearOps_Dynamic, False, None, True),
+    (QuantizationMode.QLinearOps_Dynamic, False, "QLinearConv", True),
 ]
 
 
@@ -108,3 +108,39 @@ def test_legacy_on_an_old_opset(make_tiny_model, tiny_calib):
     out = got.run(None, {"x": tiny_calib})[0]
     scale = float(ranges["y"][1])
     assert np.abs(out - y).max() <= 3 * scale  # measured: 1.6 output steps
+
+
+def test_qlinear_dynamic_bias_is_computed_from_the_run_time_scale(
+    digits_model, legacy_params, digits_test
+):
+    """QLinearOps_Dynamic: DynamicQuantizeLinear feeds QLinearConv, whose int32 bias is
+    Round(b / (s_x * s_w)) in the graph; onnxruntime and the emulator agree bit for bit."""
+    import runtime_emulator
+
+    _, out_params = legacy_params
+    q = quantize(
+        digits_model,
+        quantization_mode=QuantizationMode.QLinearOps_Dynamic,
+        output_quantization_params=out_params,
+    )
+    conv = next(n for n in q.graph.node if n.op_type == "QLinearConv" and len(n.input) == 9)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    assert producers[conv.input[0]].op_type == "DynamicQuantizeLinear"
+    assert producers[conv.input[8]].op_type == "Cast"
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    bias_float = inits[producers[producers[producers[conv.input[8]].input[0]].input[0]].input[0]]
+    qlinear = [n.output[0] for n in q.graph.node if n.op_type.startswith("QLinear")]
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    extra = [conv.input[1], conv.input[8], *qlinear]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = digits_test[0][:16]
+    _, s_x, b_q, *ints = sess.run(None, {"input": x})
+    s_w = inits[conv.input[4]]
+    want = rne(np.float32(bias_float) / (np.float32(s_x) * s_w)).astype(np.int32)
+    np.testing.assert_array_equal(b_q, want)
+    trace = runtime_emulator.run(q, {"input": x}, trace=True)
+    for name, value in zip(qlinear, ints, strict=True):  # the integer layers, bit for bit
+        assert value.dtype == np.uint8
+        np.testing.assert_array_equal(trace[name], value, err_msg=name)

@@ -101,6 +101,32 @@ def qop_inputs(state: EdgeState) -> list[str]:
     return [state.q_name, state.scale_name, state.zp_name]
 
 
+#: ONNX Round exists from opset 11.
+ROUND_OPSET = 11
+
+
+def dynamic_bias(ctx: RewriteContext, bias: str, xs: EdgeState, ws: EdgeState) -> str | None:
+    """An int32 bias computed in the graph from a run-time input scale (the original
+    onnxruntime QLinearOps dynamic mode): ``Cast<int32>(Round(b / (s_x * s_w)))``, in
+    float32 with ONNX Round (half to even). None when the opset has no Round."""
+    from onnx import TensorProto
+
+    if ctx.opset < ROUND_OPSET:
+        return None
+    scale = ctx.fresh(f"{bias}_dynamic_scale")
+    ctx.add_node("Mul", [xs.scale_name, ws.scale_name], [scale])
+    ratio = ctx.fresh(f"{bias}_dynamic_ratio")
+    ctx.add_node("Div", [bias, scale], [ratio])
+    rounded = ctx.fresh(f"{bias}_dynamic_rounded")
+    ctx.add_node("Round", [ratio], [rounded])
+    q = ctx.fresh(f"{bias}_quantized")
+    ctx.add_node("Cast", [rounded], [q], to=TensorProto.INT32)
+    for name in (scale, ratio, rounded):
+        ctx.types[name] = TensorProto.FLOAT
+    ctx.types[q] = TensorProto.INT32
+    return q
+
+
 def copy_attrs(node: onnx.NodeProto, skip: Sequence[str] = ()) -> list[onnx.AttributeProto]:
     """The node's attributes (copies), except the names in ``skip``."""
     out = []

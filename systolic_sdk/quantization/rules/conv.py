@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from systolic_sdk.quantization.rules.base import AccumulatorRule, copy_attrs, qop_inputs
+from systolic_sdk.quantization.rules.base import (
+    AccumulatorRule,
+    copy_attrs,
+    dynamic_bias,
+    qop_inputs,
+)
 from systolic_sdk.quantization.rules.integer import scaled_integer_output
 from systolic_sdk.quantization.types import OutputForm
 
@@ -57,8 +62,8 @@ class ConvRule(AccumulatorRule):
             channel_shape = (-1,) + (1,) * (ndim - 2)
             scaled_integer_output(ctx, acc, xs, wp, channel_shape, bias, y)
             return True
-        if xp is None:
-            return False
+        if xp is None:  # dynamic: QLinearConv on a run-time input scale, fixed output
+            return ctx.form == OutputForm.QOPERATOR and self._dynamic(node, ctx, wp, b)
         yp = ctx.activation_params(y)
         if yp.per_channel:
             return False
@@ -86,4 +91,29 @@ class ConvRule(AccumulatorRule):
             ctx.declare_quantized(y, yq, yp, ys, yz)
             return True
         self.emit_qdq_form(node, ctx, xs, ws, b, qbias, yp)
+        return True
+
+    def _dynamic(self, node: onnx.NodeProto, ctx: RewriteContext, wp, b: str | None) -> bool:
+        """The original onnxruntime QLinearOps dynamic mode: DynamicQuantizeLinear feeds
+        QLinearConv, whose int32 bias is computed in the graph from the run-time scale;
+        the output takes its given (override) parameters. Float without them."""
+        y = node.output[0]
+        yp = ctx.fixed_params(y)
+        if yp is None or yp.per_channel:
+            return False
+        xs = ctx.quantized_activation(node.input[0])
+        ws = ctx.quantized_constant(node.input[1], wp)
+        inputs = qop_inputs(xs) + qop_inputs(ws)
+        ys, yz = ctx.params_initializers(y, yp)
+        inputs += [ys, yz]
+        if b is not None:
+            qb = dynamic_bias(ctx, b, xs, ws)
+            if qb is None:
+                return False
+            inputs.append(qb)
+        yq = ctx.fresh(f"{y}_quantized")
+        ctx.add_node(
+            "QLinearConv", inputs, [yq], name=node.name, attributes=copy_attrs(node), inserted=False
+        )
+        ctx.declare_quantized(y, yq, yp, ys, yz)
         return True

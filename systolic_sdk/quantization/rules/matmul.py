@@ -58,8 +58,15 @@ class MatMulRule(AccumulatorRule):
             )
             return True
         if ap is None or bp is None:
-            return False
-        yp = ctx.activation_params(y)
+            if ctx.form != OutputForm.QOPERATOR or ctx.static:
+                return False
+            # dynamic QOperator (the original onnxruntime QLinearOps dynamic mode): run-time
+            # input scales, the output's given (override) parameters; float without them
+            yp = ctx.fixed_params(y)
+            if yp is None:
+                return False
+        else:
+            yp = ctx.activation_params(y)
         if yp.per_channel:
             return False
         as_ = ctx.quantized_activation(a)

@@ -9,6 +9,7 @@ per-channel weights) with the ranges and compare with fp32.
     python bench/calibration.py                       # everything (about 15 minutes)
     python bench/calibration.py --samples 10,100 --models resnet18 --resolution 112
     python bench/calibration.py --skip-speed          # accuracy only
+    python bench/calibration.py --repeat 3            # medians of 3 runs (up to 100 samples)
 
 Models: ``resnet18`` (ResNet-18 topology, random He-initialized weights, 3x224x224 by
 default), ``efficientnet`` (models/efficientnet_lite0, trained; photos cycled with flips
@@ -275,32 +276,50 @@ def speed(args, workdir: Path) -> list[dict]:
         print(f"\n## {kind}: {path.name}, {per_sample / 2**20:.1f} MiB of activations per sample")
         for n in args.samples:
             jobs = [("ours", m) for m in args.methods] + [("ort", m) for m in args.ort_methods]
-            for lib, method in jobs:
-                est = per_sample * n * 2.2 / 2**30  # kept outputs plus concatenation copies
-                if lib == "ort" and method != "MinMax" and est > args.ort_memory_limit_gb:
-                    res = {"error": f"skipped (would keep ~{est:.0f} GiB of activations)"}
-                else:
-                    spec = {
-                        "lib": lib,
-                        "method": method,
-                        "model": str(path),
-                        "kind": kind,
-                        "n": n,
-                        "resolution": args.resolution,
-                    }
-                    res = run_child(spec)
-                row = {"model": kind, "n": n, "lib": lib, "method": method, **res}
-                rows.append(row)
-                if "error" in res:
-                    print(f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['error']}")
-                else:
-                    print(
-                        f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['seconds']:8.2f} s "
-                        f"{res['cpu_seconds']:8.2f} cpu-s {res['peak_mb']:8.0f} MB  "
-                        f"({res['tensors']} tensors)",
-                        flush=True,
-                    )
+            repeats = args.repeat if n <= args.repeat_up_to else 1
+            runs: dict[tuple[str, str], list[dict]] = {job: [] for job in jobs}
+            for rep in range(repeats):  # interleaved, so that load changes hit every job
+                for lib, method in jobs:
+                    est = per_sample * n * 2.2 / 2**30  # kept outputs plus concatenation copies
+                    if lib == "ort" and method != "MinMax" and est > args.ort_memory_limit_gb:
+                        res = {"error": f"skipped (would keep ~{est:.0f} GiB of activations)"}
+                    else:
+                        spec = {
+                            "lib": lib,
+                            "method": method,
+                            "model": str(path),
+                            "kind": kind,
+                            "n": n,
+                            "resolution": args.resolution,
+                        }
+                        res = run_child(spec)
+                    runs[(lib, method)].append(res)
+                    if "error" in res:
+                        print(f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['error']}")
+                    else:
+                        print(
+                            f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['seconds']:8.2f} s "
+                            f"{res['cpu_seconds']:8.2f} cpu-s {res['peak_mb']:8.0f} MB  "
+                            f"({res['tensors']} tensors, run {rep + 1}/{repeats})",
+                            flush=True,
+                        )
+            for (lib, method), results in runs.items():
+                rows.append(
+                    {"model": kind, "n": n, "lib": lib, "method": method, **_median(results)}
+                )
     return rows
+
+
+def _median(results: list[dict]) -> dict:
+    """Median wall, CPU time and peak RSS over repeated runs (the first error otherwise)."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    out = dict(ok[0])
+    for key in ("seconds", "cpu_seconds", "peak_mb"):
+        out[key] = float(np.median([r[key] for r in ok]))
+    out["runs"] = len(ok)
+    return out
 
 
 def speed_table(rows: list[dict]) -> str:
@@ -480,6 +499,10 @@ def main() -> None:
     p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
     p.add_argument("--resolution", type=int, default=224, help="resnet18 input size")
     p.add_argument("--ort-memory-limit-gb", type=float, default=8.0)
+    p.add_argument("--repeat", type=int, default=1, help="runs per configuration (medians)")
+    p.add_argument(
+        "--repeat-up-to", type=int, default=100, help="repeat only at this many samples or fewer"
+    )
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--json", type=Path, help="also write the raw speed rows here")
@@ -491,6 +514,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         workdir = Path(tmp)
         if not args.skip_speed:
+            print(
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+                f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs"
+            )
             rows = speed(args, workdir)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))

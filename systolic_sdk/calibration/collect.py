@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -107,6 +108,8 @@ class _Batcher:
             rows += _num_samples(feed)
             if not self.batchable or rows >= self.target:
                 yield flush()
+            else:  # held across get_next: a reader may refill the same buffers
+                pending[-1] = {k: np.array(v) for k, v in feed.items()}
 
 
 def _signature(feed: dict[str, np.ndarray]) -> tuple:
@@ -225,6 +228,7 @@ def collect(
     batchable = _batchable(model)
     first_target = batch_size or (_reduced_batch(info, reducible) if reducible and batchable else 1)
     batcher = _Batcher(reader, first_target, batchable)
+    binner = _Binner(histogram)
     try:
         for feed, used in batcher:
             n = _num_samples(feed)
@@ -255,7 +259,7 @@ def collect(
                         st = stats[name] = new_stats()
                     st.minmax.update_per_sample(*ext)
                 if histogram:
-                    _update_histograms(stats, values, extremes, derived, children)
+                    binner.submit(_histogram_jobs(stats, values, extremes, derived, children, feed))
                 if batch_size is None and batchable and sample_base == 0 and not reduce:
                     per_sample = sum(values[k].nbytes for k in fetch)
                     per_sample += sum(values[src].nbytes for src, _ in derived.values())
@@ -265,7 +269,9 @@ def collect(
                     )
             sample_base += n
             bar.update(used)
+        binner.wait()
     finally:
+        binner.close()
         bar.close()
     if skipped:
         warnings.warn(f"calibration skipped {skipped} sample(s) with NaN/Inf", stacklevel=2)
@@ -289,14 +295,20 @@ def _add_derived(
             extremes[name] = (clip_values(mins, bounds), clip_values(maxs, bounds))
 
 
-def _update_histograms(
+HistogramJob = tuple[list[HistogramStats], list[Bounds], np.ndarray, float, float]
+
+
+def _histogram_jobs(
     stats: dict[str, TensorStats],
     values: dict[str, np.ndarray],
     extremes: dict[str, tuple[np.ndarray, np.ndarray]],
     derived: dict[str, tuple[str, Bounds]],
     children: dict[str, list[str]],
-) -> None:
-    """Add one batch to the histograms; a tensor and those derived from it in one pass."""
+    feed: dict[str, np.ndarray],
+) -> list[HistogramJob]:
+    """One batch's histogram updates: a tensor and those derived from it go together.
+    Inputs are copied (a reader may refill its buffers while the update waits)."""
+    jobs = []
     for name in stats:
         if name in derived or name not in values or name not in extremes:
             continue
@@ -304,7 +316,40 @@ def _update_histograms(
         hists = [stats[g].histogram for g in group]
         bounds: list[Bounds] = [(None, None)] + [derived[c][1] for c in group[1:]]
         mins, maxs = extremes[name]
-        update_clipped(hists, bounds, values[name], float(mins.min()), float(maxs.max()))
+        data = values[name].copy() if name in feed else values[name]
+        jobs.append((hists, bounds, data, float(mins.min()), float(maxs.max())))
+    return jobs
+
+
+def _run_jobs(jobs: list[HistogramJob]) -> None:
+    for job in jobs:
+        update_clipped(*job)
+
+
+class _Binner:
+    """Runs histogram updates one batch behind, in a worker thread, while onnxruntime
+    computes the next batch (both release the GIL for most of their work). Updates keep
+    their order; the activations of one batch are held until they are binned."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, "calib-bin") if enabled else None
+        self._pending: Future | None = None
+
+    def submit(self, jobs: list[HistogramJob]) -> None:
+        self.wait()
+        if self._pool is None:
+            _run_jobs(jobs)
+        else:
+            self._pending = self._pool.submit(_run_jobs, jobs)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _reducible(info: dict[str, tuple[int, tuple | None]], name: str) -> bool:

@@ -195,3 +195,26 @@ def test_collected_statistics_of_derived_tensors_equal_direct_ones(batch_size):
                 ref = HistogramStats()
                 ref.update(a)
                 assert _same(got[name].histogram, ref)
+
+
+def test_reader_refilling_one_buffer(model, samples):
+    """Histograms are binned one batch behind; inputs must not change under them."""
+
+    class Refill:
+        def __init__(self) -> None:
+            self.i, self.buf = 0, np.empty((1, *samples.shape[1:]), np.float32)
+
+        def get_next(self):
+            if self.i == len(samples):
+                return None
+            self.buf[0] = samples[self.i]  # the same array, refilled
+            self.i += 1
+            return {"x": self.buf}
+
+    got = collect(model, Refill(), histogram=True)
+    want = collect(model, ArrayReader({"x": samples}, batch_size=1), histogram=True)
+    for name in want:
+        assert _same(got[name].histogram, want[name].histogram)
+    ref = HistogramStats()
+    ref.update(samples)
+    assert _same(got["x"].histogram, ref)

@@ -34,7 +34,7 @@ from runtime_emulator import threads
 F32 = np.float32
 #: Columns (samples x output pixels) a GEMM block should have at least, when the batch
 #: allows: narrower GEMMs lose BLAS efficiency.
-MIN_BLOCK_COLUMNS = 512
+MIN_BLOCK_COLUMNS = 4096
 #: Largest im2col block (elements) for one sample block; larger samples still run one
 #: at a time.
 MAX_BLOCK_ELEMENTS = 1 << 23
@@ -212,6 +212,129 @@ def _row_shift_gemm(
     return acc
 
 
+# --- Winograd F(2x2, 3x3) -------------------------------------------------------------
+#
+# y = A^T [(G g G^T) * (B^T d B)] A for a 4x4 input tile d, 3x3 kernel g, 2x2 output y,
+# with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], A^T = [[1,1,1,0],[0,1,-1,-1]],
+# G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]]: 16 products per tile instead of 36.
+# Exactness: V = B^T d B holds integers (|V| <= 4 max|x|); U = G g G^T holds multiples of
+# 1/4 (4U = (2G) g (2G)^T is an integer matrix, |4U| <= 9 * 128), exact in float32. Each
+# of the 16 GEMMs sums products U_mc * V_ct, multiples of 1/4: every partial sum is exact
+# while 4 * sum_c |U_mc| |V_ct| <= 2**24, which holds when
+# max_m sum_c |4U_mc| * 4 * max|x| <= 2**24 (checked per position). The output transform
+# adds up to 9 of those sums per output; it runs in float32 when the sum of their bounds
+# is at most 2**24, else in float64 (exact up to 2**53); its results are the exact conv
+# sums, at most 2**24 in magnitude by the bound of the direct path, so exact in float32.
+
+#: Winograd pays off from this many input channels on (below, the transforms cost more
+#: than the GEMM work they save).
+WINOGRAD_MIN_CHANNELS = 128
+_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Winograd:
+    """Winograd weights of one node: ``u`` float32 (16, M, C) = G g G^T; ``pos_bound``
+    the largest ``sum_c |4U|`` of any position and output channel; ``out_bound`` the
+    largest sum of those over the 9 positions an output adds."""
+
+    u: np.ndarray
+    pos_bound: int
+    out_bound: int
+
+
+def _winograd_weights(wts: ConvWeights) -> _Winograd:
+    cached = wts.derived.get("winograd")
+    if cached is None:
+        u4 = np.einsum("ai,mcij,bj->abmc", _G2, wts.source.astype(np.int64), _G2)
+        rows = np.abs(u4).sum(axis=3)  # (4, 4, M): sum_c |4U| per position and channel
+        out_bound = max(
+            int((rows * np.outer(np.abs(_AT[r]), np.abs(_AT[s]))[:, :, None]).sum((0, 1)).max())
+            for r in range(2)
+            for s in range(2)
+        )
+        m, c = u4.shape[2:]
+        u = (u4.reshape(16, m, c) / 4).astype(F32)  # multiples of 1/4, exact
+        cached = _Winograd(u, int(rows.max()), out_bound)
+        wts.derived["winograd"] = cached  # type: ignore[assignment]
+    return cached  # type: ignore[return-value]
+
+
+def _winograd_ok(kernel: list[int], strides: list[int], dilations: list[int], c: int) -> bool:
+    """Whether the conv's shape suits Winograd F(2x2, 3x3)."""
+    return (
+        kernel == [3, 3]
+        and strides == [1, 1]
+        and dilations == [1, 1]
+        and c >= WINOGRAD_MIN_CHANNELS
+    )
+
+
+def _winograd_plan(
+    x: np.ndarray, wts: ConvWeights, strides: list[int], dilations: list[int]
+) -> tuple[_Winograd, bool] | None:
+    """(weights, float64 output transform) when Winograd runs exactly, else None."""
+    if x.ndim != 4 or not _winograd_ok(list(wts.source.shape[2:]), list(strides),
+                                       list(dilations), x.shape[1]):  # fmt: skip
+        return None
+    wg = _winograd_weights(wts)
+    x_max = _input_bound(x)
+    if wg.pos_bound * 4 * x_max > dp.F32_EXACT:
+        x_max = dp._absmax(x)
+        if wg.pos_bound * 4 * x_max > dp.F32_EXACT:
+            return None
+    return wg, wg.out_bound * 4 * x_max > dp.F32_EXACT
+
+
+def _winograd(
+    xb: np.ndarray, plan: tuple[_Winograd, bool], pads: list[int], outs: list[int]
+) -> np.ndarray:
+    """Exact conv sums (M, nb, Ho, Wo) of a block xb (C, nb, H, W) by Winograd F(2x2, 3x3)."""
+    wg, wide = plan
+    c, nb, h, w = xb.shape
+    m = wg.u.shape[1]
+    ho, wo = outs
+    th, tw = -(-ho // 2), -(-wo // 2)
+    xp = dp._scratch("wg_xp", (c, nb, 2 * th + 2, 2 * tw + 2), F32)
+    xp.fill(0)
+    rows = min(h, 2 * th + 2 - pads[0])
+    cols = min(w, 2 * tw + 2 - pads[1])
+    xp[:, :, pads[0] : pads[0] + rows, pads[1] : pads[1] + cols] = xb[:, :, :rows, :cols]
+    # Input transform, rows then columns: V[(a, b), c, (n, i, j)].
+    t = dp._scratch("wg_t", (4, c, nb, th, 2 * tw + 2), F32)
+    r = [xp[:, :, k : k + 2 * th : 2, :] for k in range(4)]
+    np.subtract(r[0], r[2], out=t[0])
+    np.add(r[1], r[2], out=t[1])
+    np.subtract(r[2], r[1], out=t[2])
+    np.subtract(r[1], r[3], out=t[3])
+    v = dp._scratch("wg_v", (16, c, nb, th, tw), F32)
+    for a in range(4):
+        q = [t[a][..., k : k + 2 * tw : 2] for k in range(4)]
+        np.subtract(q[0], q[2], out=v[4 * a])
+        np.add(q[1], q[2], out=v[4 * a + 1])
+        np.subtract(q[2], q[1], out=v[4 * a + 2])
+        np.subtract(q[1], q[3], out=v[4 * a + 3])
+    prod = dp._scratch("wg_m", (16, m, nb * th * tw), F32)
+    np.matmul(wg.u, v.reshape(16, c, nb * th * tw), out=prod)
+    # Output transform, A^T M A: rows (P = A^T M) then columns, exact (see above).
+    mm = prod.reshape(4, 4, m, nb, th, tw)
+    pdt = np.float64 if wide else F32
+    p = dp._scratch("wg_p64" if wide else "wg_p", (2, 4, m, nb, th, tw), pdt)
+    np.add(mm[0], mm[1], out=p[0])
+    np.add(p[0], mm[2], out=p[0])
+    np.subtract(mm[1], mm[2], out=p[1])
+    np.subtract(p[1], mm[3], out=p[1])
+    acc = dp._scratch("wg_y", (m, nb, 2 * th, 2 * tw), F32)
+    tmp = dp._scratch("wg_tmp", (m, nb, th, tw), pdt)
+    for i in range(2):
+        np.add(p[i, 0], p[i, 1], out=tmp)
+        np.add(tmp, p[i, 2], out=acc[:, :, i::2, 0::2])
+        np.subtract(p[i, 1], p[i, 2], out=tmp)
+        np.subtract(tmp, p[i, 3], out=acc[:, :, i::2, 1::2])
+    return acc[:, :, :ho, :wo]
+
+
 def _sample_blocks(n: int, cols_per_sample: int, k: int) -> list[tuple[int, int]]:
     """Split ``n`` samples into blocks: wide enough GEMMs, at least one block per worker
     when the batch allows, im2col blocks of bounded size."""
@@ -254,7 +377,8 @@ def _blocked(
         phase_of.append(tuple(off[i] % strides[i] for i in range(nsp)))
         starts.append([off[i] // strides[i] for i in range(nsp)])
     strided = any(s > 1 for s in strides)
-    shift = _row_shift_ok(kernel, strides, padded, outs)
+    wino = _winograd_plan(x, wts, strides, dilations)
+    shift = wino is None and _row_shift_ok(kernel, strides, padded, outs)
     stack = _row_stack(wts) if shift else None
 
     def padded_input(xb: np.ndarray, nb: int) -> np.ndarray:
@@ -294,16 +418,21 @@ def _blocked(
 
     def epilogue(acc3: np.ndarray, n0: int, n1: int, m0: int, m1: int) -> None:
         """Bias, requantization and the int8 write of output channels m0:m1."""
+        ones = (1,) * (acc3.ndim - 1)
         if bias_col is not None:
             # Exact integers of magnitude at most 2**24 each: one rounding, as the
             # int32-to-float32 conversion of their (unwrapped) sum.
-            np.add(acc3, bias_col[m0:m1], out=acc3)
-        mult_part = mult_col[m0:m1] if mult_col.ndim else mult_col
-        dst = out[n0:n1, m0:m1].transpose(1, 0, 2)
+            np.add(acc3, bias_col[m0:m1].reshape((-1,) + ones), out=acc3)
+        mult_part = mult_col[m0:m1].reshape((-1,) + ones) if mult_col.ndim else mult_col
+        dst = out[n0:n1, m0:m1].transpose(1, 0, 2).reshape(acc3.shape)
         dp.requantize_f32_into(acc3, mult_part, dst, zp, relu)
 
     def block(n0: int, n1: int) -> None:
         nb = n1 - n0
+        if wino is not None:
+            xb = np.moveaxis(x[n0:n1], 1, 0)
+            epilogue(_winograd(xb, wino, pads, outs), n0, n1, 0, m)
+            return
         if shift:
             xb = np.moveaxis(x[n0:n1], 1, 0)
             acc3 = _row_shift_gemm(padded_input(xb, nb), stack, kernel, strides, dilations, outs)

@@ -217,7 +217,8 @@ def test_one_and_three_spatial_axes() -> None:
     _check(x3, w3, None, np.float32(1 / 64), relu=True, **_geometry(2, 1, 1, nsp=3))
 
 
-def test_large_batch_runs_in_several_blocks(workers: int) -> None:
+def test_large_batch_runs_in_several_blocks(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    monkeypatch.setattr(cb, "MIN_BLOCK_COLUMNS", 256)
     rng = np.random.default_rng(6)
     x = rng.integers(0, 100, (9, 16, 12, 12)).astype(np.int8)
     w = rng.integers(-60, 60, (8, 16, 1, 1)).astype(np.int8)
@@ -333,3 +334,69 @@ def test_small_batches_split_the_gemm_by_output_channels(workers: int, n: int) -
     assert len(cb._sample_blocks(n, 900, 72)) < 2 or n == 3
     for kw in (_geometry(3, 1, 1), _geometry(3, 2, 0)):
         _check(x, w, bias, mult, np.uint8, 7, True, **kw)
+
+
+@pytest.fixture
+def winograd_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Winograd for every channel count; records each plan (True: float64 output sums)."""
+    monkeypatch.setattr(cb, "WINOGRAD_MIN_CHANNELS", 1)
+    plans: list[bool] = []
+    real = cb._winograd
+
+    def spy(xb, plan, pads, outs):
+        plans.append(plan[1])
+        return real(xb, plan, pads, outs)
+
+    monkeypatch.setattr(cb, "_winograd", spy)
+    return plans
+
+
+@pytest.mark.parametrize(
+    "size,pads",
+    [((8, 8), (1, 1, 1, 1)), ((7, 9), (1, 1, 1, 1)), ((6, 7), (0, 0, 0, 0)),
+     ((9, 6), (0, 1, 2, 0)), ((5, 5), (2, 2, 2, 2))],
+)  # fmt: skip
+@pytest.mark.parametrize("kind", ["int8", "relu", "uint8"])
+def test_winograd_equals_reference(
+    winograd_runs: list[bool], workers: int, size, pads, kind: str
+) -> None:
+    """Winograd F(2x2, 3x3) against the reference and the other block forms (odd and
+    even output sizes, asymmetric pads, 8-bit inputs of each kind)."""
+    rng = np.random.default_rng(10)
+    shape = (3, 6, *size)
+    if kind == "int8":
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+    elif kind == "relu":
+        x = (rng.integers(0, 128, shape) * (rng.random(shape) < 0.5)).astype(np.int8)
+    else:
+        x = (rng.integers(0, 256, shape) - 77).astype(np.int16)
+    w = rng.integers(-128, 128, (5, 6, 3, 3)).astype(np.int8)
+    bias = rng.integers(-(2**20), 2**20, 5).astype(np.int32)
+    mult = rng.uniform(1e-5, 1e-3, 5).astype(np.float32)
+    kw = {"strides": [1, 1], "pads": list(pads), "dilations": [1, 1], "group": 1}
+    _check(x, w, bias, mult, np.int8, 0, True, **kw)
+    assert winograd_runs
+
+
+def test_winograd_bounds_choose_the_output_sums_and_the_fallback(
+    winograd_runs: list[bool], paths: list[str]
+) -> None:
+    """Constant -128 weights: 16 channels keep every GEMM within 2**24 but not the sums
+    of nine (float64 output transform); 32 channels exceed 2**24 per GEMM at max |x| =
+    128 (no Winograd, the other block forms) but not at max |x| = 20."""
+    rng = np.random.default_rng(11)
+    kw = {"strides": [1, 1], "pads": [1] * 4, "dilations": [1, 1], "group": 1}
+    x16 = rng.integers(-128, 128, (2, 16, 6, 6)).astype(np.int8)
+    w16 = np.full((3, 16, 3, 3), -128, dtype=np.int8)
+    _check(x16, w16, None, np.float32(2**-12), **kw)
+    assert winograd_runs and all(winograd_runs)  # float64 sums
+    winograd_runs.clear()
+    paths.clear()
+    w32 = np.full((3, 32, 3, 3), -128, dtype=np.int8)
+    x32 = rng.integers(-128, 128, (2, 32, 6, 6)).astype(np.int8)
+    x32[0, :, 2, 2] = -128
+    _check(x32, w32, None, np.float32(2**-12), **kw)
+    assert not winograd_runs and paths[0] == "blocked"
+    small = rng.integers(-20, 21, (2, 32, 6, 6)).astype(np.int8)
+    _check(small, w32, None, np.float32(2**-12), **kw)
+    assert winograd_runs

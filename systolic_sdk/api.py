@@ -357,11 +357,13 @@ def _run(
         backend = get_backend(config.backend)
         if backend.float_prep is not None:
             reader = _replayable(reader)
-        prepared = backend.prepare_float(prepared, reader, config)
+        transformed = backend.prepare_float(prepared, reader, config)
+        if transformed is not prepared:  # new nodes: names, shapes
+            prepared = prepare_model(transformed, config)
         if reader is not None and backend.float_prep is not None:
             reader.rewind()
     fixed = {n for n, ov in config.tensor_overrides.items() if ov.scale and ov.zero_point}
-    wanted = [n for n in tensors_to_calibrate(prepared, config) if n not in fixed]
+    wanted = [n for n in tensors_to_calibrate(prepared, config, prepared=True) if n not in fixed]
     ranges: dict[str, tuple[float, float]] = {}
     if wanted:
         cache_path = Path(cache) if cache is not None else None
@@ -457,7 +459,7 @@ def _quantize_checked(
     from systolic_sdk.backends import get_backend
     from systolic_sdk.quantization import quantize_model
 
-    quantized = quantize_model(model, config, dict(ranges))
+    quantized = quantize_model(model, config, dict(ranges), prepared=True)
     if not get_backend(config.backend).check_standard_onnx:
         return quantized
     try:

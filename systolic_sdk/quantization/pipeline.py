@@ -78,24 +78,29 @@ def quantize_model(
     model: onnx.ModelProto,
     config: QuantConfig,
     ranges: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    prepared: bool = False,
 ) -> onnx.ModelProto:
     """Quantize ``model`` (not modified) for ``config.backend`` and return the new model.
 
     Static mode needs a range (or a tensor override) for every activation it quantizes
     (``tensors_to_calibrate`` lists them); dynamic mode computes activation parameters
     at run time. The result passes the backend's final check, else QuantizationError.
+    ``prepared``: ``model`` already comes from ``prepare_model(model, config)``.
     """
     backend = _backend(config)
     config = backend.validate_config(config)
     _check_options(config, backend.extra_option_keys)
-    prepared = prepare_model(model, config)
-    _check_selection(prepared, config, backend)
+    if not prepared:
+        model = prepare_model(model, config)
+    prepared_model = model
+    _check_selection(prepared_model, config, backend)
     for p in backend.pre_passes:
-        prepared = p(prepared)
+        prepared_model = p(prepared_model)
     ranges = dict(ranges or {}) if config.static else None
     for rp in backend.range_passes if config.static else ():
-        ranges = dict(rp(prepared, dict(ranges)))
-    ctx = RewriteContext(prepared, config, backend, ranges)
+        ranges = dict(rp(prepared_model, dict(ranges)))
+    ctx = RewriteContext(prepared_model, config, backend, ranges)
     out = walk(ctx)
     for p in backend.post_passes:
         out = p(out, config)
@@ -112,7 +117,9 @@ def quantize_model(
     return out
 
 
-def tensors_to_calibrate(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
+def tensors_to_calibrate(
+    model: onnx.ModelProto, config: QuantConfig, *, prepared: bool = False
+) -> list[str]:
     """The float activations a static quantization of ``model`` may need ranges for.
 
     These are the inputs and outputs of every node the walk may quantize, in graph
@@ -124,12 +131,14 @@ def tensors_to_calibrate(model: onnx.ModelProto, config: QuantConfig) -> list[st
     config = backend.validate_config(config)
     if not config.static:
         return []
-    prepared = prepare_model(model, config)
+    if not prepared:
+        model = prepare_model(model, config)
+    prepared_model = model
     for p in backend.pre_passes:
-        prepared = p(prepared)
-    ctx = RewriteContext(prepared, config, backend, None)
+        prepared_model = p(prepared_model)
+    ctx = RewriteContext(prepared_model, config, backend, None)
     names: dict[str, None] = {}
-    for node in prepared.graph.node:
+    for node in prepared_model.graph.node:
         rule = eligible_rule(ctx, node)
         if rule is None:
             continue

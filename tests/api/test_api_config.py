@@ -30,7 +30,7 @@ class Probe:
     def prepare_model(self, model, config):
         return model
 
-    def tensors_to_calibrate(self, model, config):
+    def tensors_to_calibrate(self, model, config, *, prepared=False):
         if not config.static:
             return []
         inits = {t.name for t in model.graph.initializer}
@@ -38,7 +38,8 @@ class Probe:
         names += [o for n in model.graph.node for o in n.output]
         return list(dict.fromkeys(names))
 
-    def quantize_model(self, model, config, ranges):
+    def quantize_model(self, model, config, ranges, *, prepared=False):
+        assert prepared  # the public APIs prepare once
         self.config, self.ranges = config, dict(ranges)
         out = onnx.ModelProto()
         out.CopyFrom(model)

@@ -244,8 +244,8 @@ def test_invalid_quantized_model_is_not_written(runner, work, tiny_model_path, m
 
     real = quantization.quantize_model
 
-    def broken(model, config, ranges):
-        q = real(model, config, ranges)
+    def broken(model, config, ranges, **kw):
+        q = real(model, config, ranges, **kw)
         q.graph.node[0].input[0] = "no_such_tensor"
         return q
 

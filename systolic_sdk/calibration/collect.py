@@ -4,10 +4,17 @@ Samples are streamed: each batch is reduced into the fixed-size statistics of
 :mod:`systolic_sdk.calibration.stats` and dropped, so memory does not grow with the
 number of samples. For the min/max calibrators the model is augmented with per-sample
 ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime (the
-sum detects NaN/Inf; a batch with one is looked at again tensor by tensor, to name the
-sample and tensor). The histogram calibrators fetch the activations themselves as extra
-graph outputs. When every model input has a dynamic first dimension, samples are
-grouped into batches sized so one batch's activations take about
+sum detects NaN/Inf, which onnxruntime's ReduceMin/ReduceMax skip; a batch with one is
+looked at again tensor by tensor, to name the sample and tensor). The histogram
+calibrators fetch the activations themselves as extra graph outputs and bin them in a
+worker thread, one batch behind, while onnxruntime computes the next batch.
+
+Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
+calibrated too are neither reduced nor fetched: their extremes are their source's,
+clipped, and their histograms are counted from the source's values in the same pass
+(:func:`~systolic_sdk.calibration.stats.update_clipped`); the statistics are the same
+as if they had been observed. When every model input has a dynamic first dimension,
+samples are grouped into batches sized so one batch's activations take about
 ``BATCH_BUDGET_BYTES``.
 """
 

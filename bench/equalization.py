@@ -1,6 +1,6 @@
-"""Cross-layer equalization and bias correction: per-tensor int8 agreement with fp32.
+"""Per-tensor int8 preparation (CLE, bias correction, GPTQ weights): agreement with fp32.
 
-For each model, four int8 variants are built as onnxruntime QDQ graphs with Systolic-style
+For each model, the int8 variants below are built as onnxruntime QDQ graphs with Systolic-style
 parameters (spec section 7: symmetric int8, zero point 0; weights per tensor with
 ``scale = 2 max|w| / 254``; activations per tensor from a calibration min/max, narrowed
 for Relu/Clip consumers; int32 biases at ``s_x * s_w``; every activation tensor, logits
@@ -10,16 +10,23 @@ included, passes through int8):
   (b) CLE                ``equalize`` first
   (c) CLE + BC           ``equalize`` then ``correct_bias`` (sequential)
   (d) per-channel        per-channel weights on the fp32 model (reference)
+  (e) GPTQ               ``round_weights`` (int8 weights chosen on the calibration data,
+                         snapped onto the per-tensor grid) first
+  (f) recipe             ``per_tensor_recipe`` with its defaults (GPTQ weights, then
+                         layerwise bias correction against the original weights)
 
 and compared with the fp32 model on held-out inputs: top-1 and top-5 agreement and the
 mean cosine of the logits. Calibration (activation ranges, bias-correction means) never
 sees the evaluated inputs: for EfficientNet-Lite0 two folds of ``photos.npz`` (calibrate
 on the 61 odd-numbered crops and evaluate the 61 even-numbered ones, then the reverse;
 the 122 held-out predictions are scored together); for digits_cnn ``calib.npz`` (200)
-and ``test.npz`` (1000). "pass s" is the time of the fp32 passes per fold; "fp32 max|dy|"
-the largest change of an fp32 logit made by the passes alone.
+and ``test.npz`` (1000). "pass s" is the time of the fp32 passes per fold (wall);
+"fp32 max|dy|" the largest change of an fp32 logit made by the passes alone. The
+activation ranges come from a min/max over the calibration inputs ("naive", spec
+section 7) or from another ``systolic_sdk.calibration`` method (``--calibrator``).
 
     python bench/equalization.py [--model efficientnet_lite0|digits_cnn|all] [--relu6 MODE]
+        [--calibrator naive|mse|entropy|percentile|...] [--extra]
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime_emulator.datapath import F32, quantize_bias, rne, saturate
-from systolic_sdk.transforms import correct_bias, equalize
+from systolic_sdk.calibration import ArrayReader, calibrate
+from systolic_sdk.transforms import correct_bias, equalize, per_tensor_recipe, round_weights
 from systolic_sdk.transforms._graph import GraphIndex, linear_layer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -299,6 +307,8 @@ def variants(relu6: str, min_range: float, extra: bool) -> dict[str, tuple[Calla
         "(b) CLE": (lambda m, c: cle(m), False),
         "(c) CLE + BC": (lambda m, c: correct_bias(cle(m), c), False),
         "(d) per-channel": (lambda m, c: m, True),
+        "(e) GPTQ": (lambda m, c: round_weights(m, c), False),
+        "(f) recipe": (lambda m, c: per_tensor_recipe(m, c), False),
     }
 
     def bc_act(m: onnx.ModelProto, c: np.ndarray) -> onnx.ModelProto:
@@ -315,10 +325,34 @@ def variants(relu6: str, min_range: float, extra: bool) -> dict[str, tuple[Calla
         )
         for mode in ("max", "relu", "keep"):
             todo[f"CLE relu6={mode}"] = (lambda m, c, mode=mode: cle(m, mode), False)
+        todo["nearest, MSE clip"] = (
+            lambda m, c: round_weights(m, c, rounding="nearest", clip="mse"),
+            False,
+        )
+        todo["GPTQ, MSE clip"] = (lambda m, c: round_weights(m, c, clip="mse"), False)
+        todo["recipe, MSE clip"] = (
+            lambda m, c: per_tensor_recipe(m, c, weight_clip="mse"),
+            False,
+        )
+        todo["recipe + CLE"] = (lambda m, c: per_tensor_recipe(m, c, equalization=True), False)
     return todo
 
 
-def bench_model(name: str, relu6: str, min_range: float, extra: bool) -> list[tuple]:
+def activation_ranges(
+    model: onnx.ModelProto, calib: np.ndarray, calibrator: str
+) -> dict[str, tuple[float, float]]:
+    """Every activation's (rmin, rmax) on ``calib``: min/max, or a calibration method."""
+    ranges = tensor_ranges(model, calib)
+    if calibrator == "naive":
+        return ranges
+    name = model.graph.input[0].name
+    found = calibrate(model, ArrayReader({name: calib}, 8), method=calibrator)
+    return {k: found.get(k, v) for k, v in ranges.items()}
+
+
+def bench_model(
+    name: str, relu6: str, min_range: float, extra: bool, calibrator: str = "naive"
+) -> list[tuple]:
     """One row per variant; predictions of all folds are pooled before scoring."""
     model, folds = load_efficientnet() if name == "efficientnet_lite0" else load_digits()
     refs = [run(model, evalx) for _, evalx in folds]
@@ -331,7 +365,7 @@ def bench_model(name: str, relu6: str, min_range: float, extra: bool) -> list[tu
             fp = transform(model, calib)
             t_pass += time.perf_counter() - t0
             fps.append(run(fp, evalx))
-            q = qdq_model(fp, tensor_ranges(fp, calib), per_channel)
+            q = qdq_model(fp, activation_ranges(fp, calib, calibrator), per_channel)
             onnx.checker.check_model(q)
             ys.append(run(q, evalx))
         s = agreement(np.concatenate(ys), ref)
@@ -356,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="all", choices=["all", "efficientnet_lite0", "digits_cnn"])
     p.add_argument("--relu6", default="exact", help="equalize(relu6=...) mode")
     p.add_argument("--min-range", type=float, default=1e-2, help="equalize(min_range=...)")
-    p.add_argument("--extra", action="store_true", help="also BC only and layerwise BC")
+    p.add_argument("--extra", action="store_true", help="also the variants tried without gain")
+    p.add_argument(
+        "--calibrator", default="naive", help="activation ranges: naive (min/max) or a method"
+    )
     args = p.parse_args(argv)
     names = ["digits_cnn", "efficientnet_lite0"] if args.model == "all" else [args.model]
     widths = (18, 22, 7, 7, 8, 11, 7)
@@ -367,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     for name in names:
-        bench_model(name, args.relu6, args.min_range, args.extra)
+        bench_model(name, args.relu6, args.min_range, args.extra, args.calibrator)
     return 0
 
 

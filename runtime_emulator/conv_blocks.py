@@ -237,11 +237,13 @@ _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.int64)
 class _Winograd:
     """Winograd weights of one node: ``u`` float32 (16, M, C) = G g G^T; ``pos_bound``
     the largest ``sum_c |4U|`` of any position and output channel; ``out_bound`` the
-    largest sum of those over the 9 positions an output adds."""
+    largest sum of those over the 9 positions an output adds; ``umax`` (16,) the largest
+    ``|4U|`` of each position."""
 
     u: np.ndarray
     pos_bound: int
     out_bound: int
+    umax: np.ndarray
 
 
 def _winograd_weights(wts: ConvWeights) -> _Winograd:
@@ -256,7 +258,8 @@ def _winograd_weights(wts: ConvWeights) -> _Winograd:
         )
         m, c = u4.shape[2:]
         u = (u4.reshape(16, m, c) / 4).astype(F32)  # multiples of 1/4, exact
-        cached = _Winograd(u, int(rows.max()), out_bound)
+        umax = np.abs(u4).reshape(16, -1).max(axis=1)
+        cached = _Winograd(u, int(rows.max()), out_bound, umax.astype(np.int64))
         wts.derived["winograd"] = cached  # type: ignore[assignment]
     return cached  # type: ignore[return-value]
 
@@ -273,8 +276,10 @@ def _winograd_ok(kernel: list[int], strides: list[int], dilations: list[int], c:
 
 def _winograd_plan(
     x: np.ndarray, wts: ConvWeights, strides: list[int], dilations: list[int]
-) -> tuple[_Winograd, bool] | None:
-    """(weights, float64 output transform) when Winograd runs exactly, else None."""
+) -> tuple[_Winograd, bool | None] | None:
+    """(weights, float64 output transform) when Winograd runs exactly; (weights, None)
+    when each block must check its transformed input (:func:`_winograd`); None when the
+    conv's shape does not suit it."""
     if x.ndim != 4 or not _winograd_ok(list(wts.source.shape[2:]), list(strides),
                                        list(dilations), x.shape[1]):  # fmt: skip
         return None
@@ -283,14 +288,18 @@ def _winograd_plan(
     if wg.pos_bound * 4 * x_max > dp.F32_EXACT:
         x_max = dp._absmax(x)
         if wg.pos_bound * 4 * x_max > dp.F32_EXACT:
-            return None
+            return wg, None
     return wg, wg.out_bound * 4 * x_max > dp.F32_EXACT
 
 
 def _winograd(
-    xb: np.ndarray, plan: tuple[_Winograd, bool], pads: list[int], outs: list[int]
-) -> np.ndarray:
-    """Exact conv sums (M, nb, Ho, Wo) of a block xb (C, nb, H, W) by Winograd F(2x2, 3x3)."""
+    xb: np.ndarray, plan: tuple[_Winograd, bool | None], pads: list[int], outs: list[int]
+) -> np.ndarray | None:
+    """Exact conv sums (M, nb, Ho, Wo) of a block xb (C, nb, H, W) by Winograd F(2x2, 3x3).
+
+    With a plan that leaves the bound to the block, the bound of each position is
+    ``max|4U| * max_t sum_c |V_ct|`` (from the transformed input); None when one exceeds
+    2**24 (the caller takes another form)."""
     wg, wide = plan
     c, nb, h, w = xb.shape
     m = wg.u.shape[1]
@@ -315,6 +324,17 @@ def _winograd(
         np.add(q[1], q[2], out=v[4 * a + 1])
         np.subtract(q[2], q[1], out=v[4 * a + 2])
         np.subtract(q[1], q[3], out=v[4 * a + 3])
+    if wide is None:
+        cols = np.abs(v.reshape(16, c, -1)).sum(axis=1, dtype=np.float64).max(axis=1)
+        pos = wg.umax * cols.astype(np.int64)  # the sums are exact integers in float64
+        if pos.max() > dp.F32_EXACT:
+            return None
+        pos4 = pos.reshape(4, 4)
+        wide = any(
+            int((pos4 * np.outer(np.abs(_AT[i]), np.abs(_AT[j]))).sum()) > dp.F32_EXACT
+            for i in range(2)
+            for j in range(2)
+        )
     prod = dp._scratch("wg_m", (16, m, nb * th * tw), F32)
     np.matmul(wg.u, v.reshape(16, c, nb * th * tw), out=prod)
     # Output transform, A^T M A: rows (P = A^T M) then columns, exact (see above).
@@ -378,7 +398,7 @@ def _blocked(
         starts.append([off[i] // strides[i] for i in range(nsp)])
     strided = any(s > 1 for s in strides)
     wino = _winograd_plan(x, wts, strides, dilations)
-    shift = wino is None and _row_shift_ok(kernel, strides, padded, outs)
+    shift = _row_shift_ok(kernel, strides, padded, outs)
     stack = _row_stack(wts) if shift else None
 
     def padded_input(xb: np.ndarray, nb: int) -> np.ndarray:
@@ -430,9 +450,10 @@ def _blocked(
     def block(n0: int, n1: int) -> None:
         nb = n1 - n0
         if wino is not None:
-            xb = np.moveaxis(x[n0:n1], 1, 0)
-            epilogue(_winograd(xb, wino, pads, outs), n0, n1, 0, m)
-            return
+            acc4 = _winograd(np.moveaxis(x[n0:n1], 1, 0), wino, pads, outs)
+            if acc4 is not None:
+                epilogue(acc4, n0, n1, 0, m)
+                return
         if shift:
             xb = np.moveaxis(x[n0:n1], 1, 0)
             acc3 = _row_shift_gemm(padded_input(xb, nb), stack, kernel, strides, dilations, outs)

@@ -337,15 +337,18 @@ def test_small_batches_split_the_gemm_by_output_channels(workers: int, n: int) -
 
 
 @pytest.fixture
-def winograd_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Winograd for every channel count; records each plan (True: float64 output sums)."""
+def winograd_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """Winograd for every channel count; records each block that ran it (True: float64
+    output sums; None: its bound checked on the transformed input)."""
     monkeypatch.setattr(cb, "WINOGRAD_MIN_CHANNELS", 1)
-    plans: list[bool] = []
+    plans: list[bool | None] = []
     real = cb._winograd
 
     def spy(xb, plan, pads, outs):
-        plans.append(plan[1])
-        return real(xb, plan, pads, outs)
+        got = real(xb, plan, pads, outs)
+        if got is not None:
+            plans.append(plan[1])
+        return got
 
     monkeypatch.setattr(cb, "_winograd", spy)
     return plans
@@ -379,24 +382,29 @@ def test_winograd_equals_reference(
 
 
 def test_winograd_bounds_choose_the_output_sums_and_the_fallback(
-    winograd_runs: list[bool], paths: list[str]
+    winograd_runs: list[bool | None], paths: list[str]
 ) -> None:
     """Constant -128 weights: 16 channels keep every GEMM within 2**24 but not the sums
     of nine (float64 output transform); 32 channels exceed 2**24 per GEMM at max |x| =
-    128 (no Winograd, the other block forms) but not at max |x| = 20."""
+    128 but not at max |x| = 20; at 128 each block checks its transformed input: random
+    data passes, a constant -128 input does not (the other block forms run)."""
     rng = np.random.default_rng(11)
     kw = {"strides": [1, 1], "pads": [1] * 4, "dilations": [1, 1], "group": 1}
     x16 = rng.integers(-128, 128, (2, 16, 6, 6)).astype(np.int8)
     w16 = np.full((3, 16, 3, 3), -128, dtype=np.int8)
     _check(x16, w16, None, np.float32(2**-12), **kw)
     assert winograd_runs and all(winograd_runs)  # float64 sums
-    winograd_runs.clear()
-    paths.clear()
     w32 = np.full((3, 32, 3, 3), -128, dtype=np.int8)
+    small = rng.integers(-20, 21, (2, 32, 6, 6)).astype(np.int8)
+    winograd_runs.clear()
+    _check(small, w32, None, np.float32(2**-12), **kw)
+    assert winograd_runs and not any(winograd_runs)
     x32 = rng.integers(-128, 128, (2, 32, 6, 6)).astype(np.int8)
     x32[0, :, 2, 2] = -128
+    winograd_runs.clear()
     _check(x32, w32, None, np.float32(2**-12), **kw)
+    assert winograd_runs and set(winograd_runs) == {None}
+    winograd_runs.clear()
+    paths.clear()
+    _check(np.full((2, 32, 6, 6), -128, np.int8), w32, None, np.float32(2**-12), **kw)
     assert not winograd_runs and paths[0] == "blocked"
-    small = rng.integers(-20, 21, (2, 32, 6, 6)).astype(np.int8)
-    _check(small, w32, None, np.float32(2**-12), **kw)
-    assert winograd_runs

@@ -126,9 +126,12 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The worker pool of this process (a forked child inherits the parent's pool object
+    but not its threads, so it makes its own)."""
     with _lock:
-        if _state["pool"] is None:
+        if _state["pool"] is None or _state.get("pid") != os.getpid():
             _state["pool"] = ThreadPoolExecutor(workers(), thread_name_prefix="emulator")
+            _state["pid"] = os.getpid()
         return _state["pool"]
 
 

@@ -78,3 +78,24 @@ def test_map_chunks_equals_one_piece(two_workers: None, n: int) -> None:
     got = threads.map_chunks(fn, [a, b], np.int16)
     assert got.dtype == np.int16
     np.testing.assert_array_equal(got, fn(a, b))
+
+
+def test_a_forked_child_makes_its_own_pool(two_workers: None) -> None:
+    """A child forked after the pool exists must not queue work on the parent's pool
+    object (its threads do not exist in the child)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    threads.map_blocks(lambda i: i, [(0,), (1,)])  # the parent's pool exists
+    parent_pool = id(threads._state["pool"])
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result, child_pool = pool.apply_async(_blocks_in_child).get(timeout=60)
+    assert result == [0, 1, 4]
+    assert child_pool != parent_pool
+
+
+def _blocks_in_child() -> tuple[list[int], int]:
+    result = threads.map_blocks(lambda i: i * i, [(0,), (1,), (2,)])
+    return result, id(threads._state["pool"])

@@ -114,26 +114,49 @@ def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, flo
         return _clip(st, n * width)
     stride = max(1, (n - num_quantized_bins) // 256)  # at most ~256 candidate thresholds
     best_kl, best_i = math.inf, n
-    suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    search = _KLSearch(counts, num_quantized_bins)
     for i in range(num_quantized_bins, n + 1, stride):
-        sliced = counts[:i]
-        p = sliced.copy()
-        p[-1] += suffix[i]
-        group = np.minimum(np.arange(i) // (i // num_quantized_bins), num_quantized_bins - 1)
-        nonzero = sliced != 0
-        q_sum = np.bincount(group, weights=sliced, minlength=num_quantized_bins)
-        q_cnt = np.bincount(group, weights=nonzero, minlength=num_quantized_bins)
-        q = np.where(nonzero, q_sum[group] / np.maximum(q_cnt[group], 1.0), 0.0)
-        p_sum, q_total = p.sum(), q.sum()
-        if p_sum == 0 or q_total == 0:
-            continue
-        p = _smooth(p / p_sum)
-        q = _smooth(q / q_total)
-        mask = p > 0
-        kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        kl = search.divergence(i)
         if kl < best_kl:
             best_kl, best_i = kl, i
     return _clip(st, best_i * width)
+
+
+class _KLSearch:
+    """KL(P || Q) of candidate thresholds on one histogram (TensorRT's entropy method).
+
+    For a threshold of ``i`` bins, P is ``counts[:i]`` with the mass beyond added to its
+    last bin, and Q is ``counts[:i]`` quantized to ``nq`` levels (a level's mass spread
+    evenly over its non-empty bins); both are smoothed (:func:`_smooth`). The per-level
+    masses and non-empty counts come from prefix sums: they are whole numbers, so these
+    sums are exact and equal to adding the bins one by one.
+    """
+
+    def __init__(self, counts: np.ndarray, nq: int) -> None:
+        self.counts, self.nq = counts, nq
+        self.nonzero = counts != 0
+        self.mass = np.concatenate([[0.0], np.cumsum(counts)])  # whole numbers: exact
+        self.filled = np.concatenate([[0], np.cumsum(self.nonzero)]).astype(np.float64)
+        self.total = float(self.mass[-1])
+        self.levels = np.arange(nq + 1)
+
+    def divergence(self, i: int) -> float:
+        """KL of the threshold at ``i`` bins; NaN when P or Q is empty."""
+        nq = self.nq
+        edges = np.minimum(self.levels * (i // nq), i)
+        edges[-1] = i  # the last level takes the remainder
+        q_sum = self.mass[edges[1:]] - self.mass[edges[:-1]]
+        q_cnt = self.filled[edges[1:]] - self.filled[edges[:-1]]
+        per_bin = np.repeat(q_sum / np.maximum(q_cnt, 1.0), np.diff(edges))
+        q = np.where(self.nonzero[:i], per_bin, 0.0)
+        p = self.counts[:i].copy()
+        p[-1] += self.total - self.mass[i]  # the mass beyond the threshold
+        p_sum, q_total = self.total, q.sum()  # p: whole numbers, its sum is the total
+        if p_sum == 0 or q_total == 0:
+            return math.nan
+        p = _smooth(p / p_sum)  # no empty bin left after smoothing
+        q = _smooth(q / q_total)
+        return float(np.sum(p * np.log(p / q)))
 
 
 def _mse(st: TensorStats, num_bits: int = 8) -> tuple[float, float]:

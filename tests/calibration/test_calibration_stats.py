@@ -212,3 +212,41 @@ def test_binning_in_steps_equals_numpy(monkeypatch, exponent):
     monkeypatch.setattr(stats_mod, "BIN_CHUNK", 1)  # steps of 4 * size values
     got = stats_mod.bin_counts(values, exponent, first, size)
     assert np.array_equal(got, ref) and got.sum() == values.size
+
+
+def _kl_one_by_one(counts: np.ndarray, i: int, nq: int) -> float:
+    """The divergence of one candidate threshold, written out plainly (the reference)."""
+    from systolic_sdk.calibration.methods import _smooth
+
+    sliced = counts[:i]
+    p = sliced.copy()
+    p[-1] += counts[i:].sum()
+    group = np.minimum(np.arange(i) // (i // nq), nq - 1)
+    nonzero = sliced != 0
+    q_sum = np.bincount(group, weights=sliced, minlength=nq)
+    q_cnt = np.bincount(group, weights=nonzero, minlength=nq)
+    q = np.where(nonzero, q_sum[group] / np.maximum(q_cnt[group], 1.0), 0.0)
+    if p.sum() == 0 or q.sum() == 0:
+        return math.nan
+    p, q = _smooth(p / p.sum()), _smooth(q / q.sum())
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    arrays(np.int64, st.integers(9, 300), elements=st.integers(0, 10**6)),
+    st.sampled_from([4, 8, 128]),
+    st.data(),
+)
+def test_kl_search_equals_one_by_one_bit_for_bit(counts, nq, data):
+    from systolic_sdk.calibration.methods import _KLSearch
+
+    counts = counts.astype(np.float64)
+    zeros = data.draw(st.lists(st.integers(0, counts.size - 1), max_size=counts.size))
+    counts[zeros] = 0.0  # empty bins, empty tails, all empty
+    nq = min(nq, counts.size - 1)
+    search = _KLSearch(counts, nq)
+    for i in range(nq, counts.size + 1, 3):
+        got, want = search.divergence(i), _kl_one_by_one(counts, i, nq)
+        assert got == want or (math.isnan(got) and math.isnan(want))

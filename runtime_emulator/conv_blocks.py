@@ -229,6 +229,9 @@ def _row_shift_gemm(
 #: Winograd pays off from this many input channels on (below, the transforms cost more
 #: than the GEMM work they save).
 WINOGRAD_MIN_CHANNELS = 128
+#: ... and when the 2x2 tiles cover at most this much of the output (7x7 maps need 8x8 of
+#: tiles: the GEMMs save less than the transforms cost).
+WINOGRAD_MAX_TILE_RATIO = 1.1
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.int64)
 
@@ -264,24 +267,29 @@ def _winograd_weights(wts: ConvWeights) -> _Winograd:
     return cached  # type: ignore[return-value]
 
 
-def _winograd_ok(kernel: list[int], strides: list[int], dilations: list[int], c: int) -> bool:
-    """Whether the conv's shape suits Winograd F(2x2, 3x3)."""
+def _winograd_ok(
+    kernel: list[int], strides: list[int], dilations: list[int], c: int, outs: list[int]
+) -> bool:
+    """Whether the conv's shape suits Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1,
+    enough input channels, and 2x2 tiles covering not much more than the output."""
+    tiles = 4 * (-(-outs[0] // 2)) * (-(-outs[1] // 2)) if len(outs) == 2 else 0
     return (
         kernel == [3, 3]
         and strides == [1, 1]
         and dilations == [1, 1]
         and c >= WINOGRAD_MIN_CHANNELS
+        and tiles <= outs[0] * outs[1] * WINOGRAD_MAX_TILE_RATIO
     )
 
 
 def _winograd_plan(
-    x: np.ndarray, wts: ConvWeights, strides: list[int], dilations: list[int]
+    x: np.ndarray, wts: ConvWeights, strides: list[int], dilations: list[int], outs: list[int]
 ) -> tuple[_Winograd, bool | None] | None:
     """(weights, float64 output transform) when Winograd runs exactly; (weights, None)
     when each block must check its transformed input (:func:`_winograd`); None when the
     conv's shape does not suit it."""
     if x.ndim != 4 or not _winograd_ok(list(wts.source.shape[2:]), list(strides),
-                                       list(dilations), x.shape[1]):  # fmt: skip
+                                       list(dilations), x.shape[1], outs):  # fmt: skip
         return None
     wg = _winograd_weights(wts)
     x_max = _input_bound(x)
@@ -397,7 +405,7 @@ def _blocked(
         phase_of.append(tuple(off[i] % strides[i] for i in range(nsp)))
         starts.append([off[i] // strides[i] for i in range(nsp)])
     strided = any(s > 1 for s in strides)
-    wino = _winograd_plan(x, wts, strides, dilations)
+    wino = _winograd_plan(x, wts, strides, dilations, outs)
     shift = _row_shift_ok(kernel, strides, padded, outs)
     stack = _row_stack(wts) if shift else None
 

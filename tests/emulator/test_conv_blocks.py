@@ -341,6 +341,7 @@ def winograd_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
     """Winograd for every channel count; records each block that ran it (True: float64
     output sums; None: its bound checked on the transformed input)."""
     monkeypatch.setattr(cb, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(cb, "WINOGRAD_MAX_TILE_RATIO", 2.0)
     plans: list[bool | None] = []
     real = cb._winograd
 
@@ -408,3 +409,13 @@ def test_winograd_bounds_choose_the_output_sums_and_the_fallback(
     paths.clear()
     _check(np.full((2, 32, 6, 6), -128, np.int8), w32, None, np.float32(2**-12), **kw)
     assert not winograd_runs and paths[0] == "blocked"
+
+
+def test_winograd_is_chosen_for_3x3_stride_1_with_many_channels_on_even_maps() -> None:
+    ok = cb._winograd_ok
+    assert ok([3, 3], [1, 1], [1, 1], 128, [28, 28]) and ok([3, 3], [1, 1], [1, 1], 256, [14, 14])
+    assert not ok([3, 3], [1, 1], [1, 1], 512, [7, 7])  # 8x8 of tiles for 7x7
+    assert not ok([3, 3], [1, 1], [1, 1], 64, [56, 56])
+    assert not ok([3, 3], [2, 2], [1, 1], 128, [28, 28])
+    assert not ok([3, 3], [1, 1], [2, 2], 128, [28, 28])
+    assert not ok([5, 5], [1, 1], [1, 1], 128, [28, 28])

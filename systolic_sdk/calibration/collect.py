@@ -53,6 +53,9 @@ from systolic_sdk.calibration.stats import (
 
 BATCH_BUDGET_BYTES = 8 << 20
 MAX_AUTO_BATCH = 32
+# Per-sample extremes are gathered over this many samples before they are added (fewer,
+# larger updates; min, max, count and the exact sums do not depend on the grouping).
+PENDING_SAMPLES = 1024
 
 COLLECT_OPTIONS = ("batch_size", "progress", "skip_nonfinite", "num_bins", "providers")
 
@@ -236,6 +239,8 @@ def collect(
     first_target = batch_size or (_reduced_batch(info, reducible) if reducible and batchable else 1)
     batcher = _Batcher(reader, first_target, batchable)
     binner = _Binner(histogram)
+    pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # per-sample extremes
+    pending_samples = 0
     try:
         for feed, used in batcher:
             n = _num_samples(feed)
@@ -264,7 +269,14 @@ def collect(
                     st = stats.get(name)
                     if st is None:
                         st = stats[name] = new_stats()
-                    st.minmax.update_per_sample(*ext)
+                    if averaging_constant is None:  # exact in any grouping: gather samples
+                        pending.setdefault(name, []).append(ext)
+                    else:  # the moving average is kept per batch, as it always was
+                        st.minmax.update_per_sample(*ext)
+                pending_samples += kept
+                if pending_samples >= PENDING_SAMPLES:
+                    _flush_minmax(stats, pending)
+                    pending_samples = 0
                 if histogram:
                     binner.submit(_histogram_jobs(stats, values, extremes, derived, children, feed))
                 if batch_size is None and batchable and sample_base == 0 and not reduce:
@@ -276,6 +288,7 @@ def collect(
                     )
             sample_base += n
             bar.update(used)
+        _flush_minmax(stats, pending)
         binner.wait()
     finally:
         binner.close()
@@ -290,6 +303,17 @@ def collect(
     if tensor_names is not None and missing:
         raise CalibrationError(f"tensor '{missing[0]}' produced no values during calibration")
     return {n: stats[n] for n in names if n in stats}
+
+
+def _flush_minmax(
+    stats: dict[str, TensorStats], pending: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+) -> None:
+    """Add gathered per-sample extremes to the min/max statistics, one call per tensor."""
+    for name, parts in pending.items():
+        mins = np.concatenate([p[0] for p in parts])
+        maxs = np.concatenate([p[1] for p in parts])
+        stats[name].minmax.update_per_sample(mins, maxs)
+    pending.clear()
 
 
 def _add_derived(
@@ -396,13 +420,14 @@ def _observe_reduced(
             if _bad_rows(ext) is not None:
                 return None
             extremes[name] = ext
+    reduced = [out[k] for k in fetch_reduced]
+    if reduced and not np.isfinite(np.concatenate([r.ravel() for r in reduced])).all():
+        return None
     for name in reduce:
-        mins, maxs, sums = (out[reduced_name(k, name)] for k in REDUCED)
+        mins, maxs = out[reduced_name("min", name)], out[reduced_name("max", name)]
         if mins.size == 0:
             continue
-        if not (np.isfinite(sums).all() and np.isfinite(mins).all() and np.isfinite(maxs).all()):
-            return None
-        if mins.shape[0] != n or n == 1:  # does not follow the batch axis: one observation
+        if mins.shape[0] != n:  # does not follow the batch axis: one observation
             mins, maxs = np.full(n, mins.min()), np.full(n, maxs.max())
         extremes[name] = (mins, maxs)
     return values, extremes, n

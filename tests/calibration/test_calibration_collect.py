@@ -219,3 +219,23 @@ def test_in_graph_reductions_equal_numpy_statistics(model, samples):
             b.sum_min,
             b.sum_max,
         )
+
+
+def test_extremes_gathered_over_batches_equal_batch_by_batch(model, samples, monkeypatch):
+    import importlib
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    whole = collect(model, ArrayReader({"x": samples}), batch_size=3)
+    monkeypatch.setattr(collect_mod, "PENDING_SAMPLES", 4)  # flush every second batch
+    flushed = collect(model, ArrayReader({"x": samples}), batch_size=3)
+    assert list(flushed) == list(whole)
+    for name, st in whole.items():
+        a, b = st.minmax, flushed[name].minmax
+        assert (a.count, a.min, a.max, a.sum_min, a.sum_max) == (
+            b.count,
+            b.min,
+            b.max,
+            b.sum_min,
+            b.sum_max,
+        )
+        assert a.count == len(samples)

@@ -11,11 +11,16 @@ steps 2.2-2.5), faster where one float32 GEMM is provably exact:
   ``255`` for uint8, so when ``max_o sum_k |w_ok| * 128 <= 2**24`` no activation pass is
   needed; otherwise the actual ``max|x|``, then the window bound of
   :func:`datapath._conv_plan`, are tried;
-- the batch is cut in blocks of whole samples; each block builds its im2col matrix (one
-  strided copy per kernel tap), runs one float32 GEMM whose result lands in the
-  ``(channel, sample, pixel)`` order, and requantizes it while it is still in cache,
-  writing int8 straight into the NCHW output (:func:`datapath.requantize_f32_into`);
-- blocks run on every core (:mod:`runtime_emulator.threads`).
+- the batch is cut in blocks of whole samples; each block computes its exact sums in one
+  of three forms and requantizes them while they are still in cache, writing int8
+  straight into the NCHW output (:func:`datapath.requantize_f32_into`): im2col (one
+  strided copy per kernel tap) and one float32 GEMM whose result lands in the
+  ``(channel, sample, pixel)`` order; for stride-1 convs on large maps, an im2col over the
+  kernel columns only and one GEMM with the kernel rows stacked (:func:`_row_shift_gemm`);
+  for 3x3 stride-1 convs with many channels, Winograd F(2x2, 3x3) with its own exactness
+  bounds (:func:`_winograd`);
+- blocks run on every core (:mod:`runtime_emulator.threads`); with fewer sample blocks
+  than cores, the GEMM and the epilogue are split by output channels.
 
 Everything else (groups, a failed bound, non-finite multipliers, biases beyond 2**24)
 takes the general path, :func:`datapath.conv_accumulate_f32` then
@@ -35,8 +40,7 @@ F32 = np.float32
 #: Columns (samples x output pixels) a GEMM block should have at least, when the batch
 #: allows: narrower GEMMs lose BLAS efficiency.
 MIN_BLOCK_COLUMNS = 4096
-#: Largest im2col block (elements) for one sample block; larger samples still run one
-#: at a time.
+#: Largest im2col matrix (elements) of one sample block; a larger sample still runs alone.
 MAX_BLOCK_ELEMENTS = 1 << 23
 
 

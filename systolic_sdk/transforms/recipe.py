@@ -1,9 +1,11 @@
 """The fp32 preparation the Systolic backend runs before calibrating, for per-tensor weights.
 
-Measured on EfficientNet-Lite0 (bench/equalization.py, held-out folds): the int8 weights
-chosen by GPTQ rounding on calibration data (``round_weights``) bring per-tensor weights
-close to per-channel ones; cross-layer equalization moves the per-channel spread into the
-ReLU6 activations, where one int8 scale per tensor serves it badly, so it is off by default.
+Measured on EfficientNet-Lite0 (bench/equalization.py, 122 held-out photo crops): GPTQ
+weights on their per-tensor grid (``round_weights``) then layerwise bias correction
+match per-channel weights (logit cosine with fp32 0.991 against 0.991, 0.871 plain) in
+about 30 s for 60 samples. Cross-layer equalization moves the per-channel spread into
+the ReLU6 activations, where one int8 scale per tensor serves it badly (cosine 0.960
+with it), so it is off by default.
 """
 
 from __future__ import annotations

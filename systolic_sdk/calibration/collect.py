@@ -55,7 +55,7 @@ BATCH_BUDGET_BYTES = 8 << 20
 MAX_AUTO_BATCH = 32
 # Per-sample extremes are gathered over this many samples before they are added (fewer,
 # larger updates; min, max, count and the exact sums do not depend on the grouping).
-PENDING_SAMPLES = 1024
+PENDING_SAMPLES = 256
 
 COLLECT_OPTIONS = ("batch_size", "progress", "skip_nonfinite", "num_bins", "providers")
 
@@ -239,7 +239,7 @@ def collect(
     first_target = batch_size or (_reduced_batch(info, reducible) if reducible and batchable else 1)
     batcher = _Batcher(reader, first_target, batchable)
     binner = _Binner(histogram)
-    pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # per-sample extremes
+    pending: dict[str, tuple[list[float], list[float]]] = {}  # per-sample extremes
     pending_samples = 0
     try:
         for feed, used in batcher:
@@ -270,7 +270,9 @@ def collect(
                     if st is None:
                         st = stats[name] = new_stats()
                     if averaging_constant is None:  # exact in any grouping: gather samples
-                        pending.setdefault(name, []).append(ext)
+                        lows, highs = pending.setdefault(name, ([], []))
+                        lows.extend(ext[0].tolist())  # Python floats: no array per batch kept
+                        highs.extend(ext[1].tolist())
                     else:  # the moving average is kept per batch, as it always was
                         st.minmax.update_per_sample(*ext)
                 pending_samples += kept
@@ -306,13 +308,11 @@ def collect(
 
 
 def _flush_minmax(
-    stats: dict[str, TensorStats], pending: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    stats: dict[str, TensorStats], pending: dict[str, tuple[list[float], list[float]]]
 ) -> None:
     """Add gathered per-sample extremes to the min/max statistics, one call per tensor."""
-    for name, parts in pending.items():
-        mins = np.concatenate([p[0] for p in parts])
-        maxs = np.concatenate([p[1] for p in parts])
-        stats[name].minmax.update_per_sample(mins, maxs)
+    for name, (lows, highs) in pending.items():
+        stats[name].minmax.update_per_sample(np.array(lows), np.array(highs))
     pending.clear()
 
 

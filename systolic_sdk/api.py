@@ -90,6 +90,7 @@ def quantize_static(
     quantize_bias: bool = True,
     strict: bool = False,
     equalization: bool | None = None,
+    weight_rounding: bool | None = None,
     bias_correction: bool | None = None,
 ) -> onnx.ModelProto:
     """Calibrate on ``calibration_data_reader`` and quantize; write ``model_output``.
@@ -101,10 +102,11 @@ def quantize_static(
     ``{tensor: [rmin, rmax]}``, text, FlatBuffers), read when it exists (no calibration
     run), else written after calibrating (onnxruntime's JSON form, full precision).
     ``model_output`` None writes nothing. ``use_external_data_format`` is accepted;
-    models are written inline (models above 2 GiB are refused). ``equalization`` /
-    ``bias_correction``: the backend's fp32 preparation before calibration (cross-layer
-    equalization, bias correction measured on the calibration data); None takes the
-    backend's default (on for ``systolic``; ``cpu`` has none). Returns the quantized model.
+    models are written inline (models above 2 GiB are refused). ``equalization``,
+    ``weight_rounding``, ``bias_correction``: the backend's fp32 preparation before
+    calibration (cross-layer equalization; GPTQ weight rounding and bias correction
+    measured on the calibration data); None takes the backend's default (``systolic``:
+    weight rounding and bias correction; ``cpu`` has none). Returns the quantized model.
     """
     out = _check_output(model_output, model_input)
     model = load_model(model_input)
@@ -184,7 +186,7 @@ def quantize_qat(
     learned.update(config.tensor_overrides)
     config.tensor_overrides = learned
     # Learned scales belong to the trained weights: no equalization or bias correction.
-    config.equalization = config.bias_correction = False
+    config.equalization = config.weight_rounding = config.bias_correction = False
     return _run(
         stripped.model,
         config,
@@ -332,6 +334,7 @@ def _build_config(
         strict=bool(args["strict"]),
         extra_options=extra,
         equalization=args.get("equalization"),
+        weight_rounding=args.get("weight_rounding"),
         bias_correction=args.get("bias_correction"),
     )
 

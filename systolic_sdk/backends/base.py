@@ -31,6 +31,8 @@ Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
 FloatPrep = Callable[[onnx.ModelProto, Any, QuantConfig], onnx.ModelProto]
 
 ALL_TYPES = frozenset(QuantType)
+#: QuantConfig switches of the fp32 preparation (None: the backend's default).
+PREP_SWITCHES = ("equalization", "weight_rounding", "bias_correction")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class Backend:
     - ``lowering(model) -> model``: optional standard-ONNX lowering for comparison.
     - ``verifier(model)``: the final check of a quantized model (raise on failure).
     - ``float_prep(model, reader, config) -> model``: static mode, before calibration: an
-      fp32 transform of the prepared model (e.g. cross-layer equalization and bias
-      correction), told by ``config.equalization``/``config.bias_correction`` (None: the
+      fp32 transform of the prepared model (e.g. cross-layer equalization, weight
+      rounding, bias correction), told by the config's ``PREP_SWITCHES`` (None: the
       backend's default); ``reader`` (may be None) is rewound before calibration.
     - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
       ranges (static mode), ``post_passes(model, config)`` on the rewritten model.
@@ -144,7 +146,7 @@ class Backend:
     def prepare_float(self, model: onnx.ModelProto, reader: Any, config: QuantConfig):
         """``float_prep`` of ``model`` (static mode), or ``model`` when there is none."""
         if self.float_prep is None or not config.static:
-            asked = [n for n in ("equalization", "bias_correction") if getattr(config, n)]
+            asked = [n for n in PREP_SWITCHES if getattr(config, n)]
             if asked:
                 why = "dynamic mode" if not config.static else f"backend '{self.name}'"
                 warn(f"{' and '.join(asked).replace('_', ' ')}: not available in {why}; ignored")

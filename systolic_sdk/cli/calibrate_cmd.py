@@ -358,6 +358,7 @@ def calibrate_command(
     calibration_table_out: Path | None,
     table_format: str | None,
     equalization: bool | None,
+    weight_rounding: bool | None,
     bias_correction: bool | None,
     quiet: bool,
 ) -> None:
@@ -403,6 +404,7 @@ def calibrate_command(
             per_channel=per_channel,
             quant_format=quant_format,
             equalization=equalization,
+            weight_rounding=weight_rounding,
             bias_correction=bias_correction,
             **quant_types(activation_type, weight_type),
         ),
@@ -503,6 +505,7 @@ def static_runner_command(
     backend: str,
     batch_size: int | None,
     equalization: bool | None,
+    weight_rounding: bool | None,
     bias_correction: bool | None,
     quiet: bool,
 ) -> None:
@@ -543,6 +546,7 @@ def static_runner_command(
             quant_format=quant_format,
             quantize_bias=quantize_bias,
             equalization=equalization,
+            weight_rounding=weight_rounding,
             bias_correction=bias_correction,
             **quant_types(activation_type, weight_type),
         ),

@@ -123,18 +123,26 @@ def say(quiet: bool, message: str) -> None:
 
 
 def float_prep_options(func: F) -> F:
-    """--equalization/--no-equalization and --bias-correction/--no-bias-correction."""
+    """--equalization, --weight-rounding and --bias-correction (each with a --no- form)."""
     func = click.option(
         "--bias-correction/--no-bias-correction",
         "bias_correction",
         default=None,
-        help="Correct Conv/Gemm/MatMul biases for the expected weight-quantization error, "
+        help="Correct Conv/Gemm/MatMul biases for the mean error of the int8 weights, "
         "measured on the calibration data.  [default: on for --backend systolic]",
+    )(func)
+    func = click.option(
+        "--weight-rounding/--no-weight-rounding",
+        "weight_rounding",
+        default=None,
+        help="Choose each layer's int8 weights with GPTQ on the calibration data (errors "
+        "compensated across input channels) instead of rounding to nearest.  "
+        "[default: on for --backend systolic]",
     )(func)
     return click.option(
         "--equalization/--no-equalization",
         "equalization",
         default=None,
         help="Cross-layer equalization before calibrating (evens out per-channel weight "
-        "ranges for per-tensor scales).  [default: on for --backend systolic]",
+        "ranges, at the cost of the activations').  [default: off]",
     )(func)

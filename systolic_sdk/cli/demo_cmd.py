@@ -141,7 +141,7 @@ def run_demo(
             f"{backend} backend{f' {layout.upper()}' if layout else ''}, {fmt} {mode}, "
             f"{granularity}, "
             f"{activation_type} activations, {weight_type} weights"
-            + (", equalized and bias-corrected" if prepared else "")
+            + (", GPTQ weights, bias-corrected" if prepared else "")
         ),
         samples=len(labels),
         fp32_accuracy=float(np.mean(ref == labels)),

@@ -40,8 +40,8 @@ Examples:
   systolic-quantize quantize model.onnx -o q.onnx --mode dynamic
 \b
   # the Systolic accelerator: int8, zero point 0, per-tensor, ReLU fused, NHWC convs;
-  # cross-layer equalization and bias correction run first (--no-equalization and
-  # --no-bias-correction turn them off)
+  # GPTQ weight rounding and bias correction run first (--no-weight-rounding and
+  # --no-bias-correction turn them off; --equalization adds cross-layer equalization)
   systolic-quantize quantize model.onnx -o q.onnx --backend systolic --layout nhwc \\
       --calibration-data calib.npz
 \b
@@ -171,6 +171,7 @@ def quantize_command(
     layout: str | None,
     ops_domain: str | None,
     equalization: bool | None,
+    weight_rounding: bool | None,
     bias_correction: bool | None,
     quiet: bool,
 ) -> None:
@@ -220,8 +221,10 @@ def quantize_command(
         strict=strict,
     )
     if mode == "dynamic":
-        if equalization or bias_correction:
-            raise SdkError("--equalization and --bias-correction apply to static mode only")
+        if equalization or weight_rounding or bias_correction:
+            raise SdkError(
+                "--equalization, --weight-rounding and --bias-correction apply to static mode only"
+            )
         quantized = api.quantize_dynamic(fp32, None, **common)
     else:
         reader = None
@@ -240,6 +243,7 @@ def quantize_command(
             activation_type=types["activation_type"],
             calibrate_method=calibration_method,
             equalization=equalization,
+            weight_rounding=weight_rounding,
             bias_correction=bias_correction,
             **common,
         )

@@ -49,5 +49,6 @@ class QuantConfig:
     strict: bool = False  # refuse (instead of warn and adapt) requests the backend cannot honour
     # fp32 preparation before calibration (the backend's ``float_prep``); None: its default
     equalization: bool | None = None  # cross-layer equalization
+    weight_rounding: bool | None = None  # weights rounded by GPTQ on the calibration data
     bias_correction: bool | None = None  # bias correction (static mode, needs calibration data)
     extra_options: dict[str, Any] = field(default_factory=dict)

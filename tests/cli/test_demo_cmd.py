@@ -20,7 +20,7 @@ def test_run_demo_default_is_systolic_and_validated(digits_dir):
     assert result.agreement >= 0.98
     assert result.output is None
     assert result.description.startswith("systolic backend, qoperator static, per-tensor")
-    assert "equalized and bias-corrected" in result.description
+    assert "GPTQ weights, bias-corrected" in result.description
     ops = {n.op_type for n in result.quantized_model.graph.node}
     assert "QLinearConv" in ops and "Conv" not in ops
     report = result.validation

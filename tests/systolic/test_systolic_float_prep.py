@@ -1,5 +1,6 @@
-"""The Systolic backend's fp32 preparation (cross-layer equalization, bias correction):
-on by default, each switchable, fed by the calibration data, absent from the cpu backend."""
+"""The Systolic backend's fp32 preparation (GPTQ weight rounding and bias correction by
+default, cross-layer equalization on request): each step switchable, fed by the
+calibration data, absent from the cpu backend."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
 from systolic_sdk.cli import cli
 from systolic_sdk.quantization.warn import QuantizationWarning
 from systolic_sdk.transforms import per_tensor_recipe
+
+OFF = {"equalization": False, "weight_rounding": False, "bias_correction": False}
 
 
 def _quantize(model: onnx.ModelProto, calib: np.ndarray, **kw) -> onnx.ModelProto:
@@ -36,31 +39,26 @@ def calib(digits_calib: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def plain(digits_model, calib) -> onnx.ModelProto:
-    return _quantize(
-        digits_model, calib, backend="systolic", equalization=False, bias_correction=False
-    )
+    return _quantize(digits_model, calib, backend="systolic", **OFF)
 
 
-def test_default_runs_equalization_and_bias_correction(digits_model, calib, plain) -> None:
+def _by_hand(model, calib, **switches) -> onnx.ModelProto:
+    """per_tensor_recipe run by hand, then the backend with its preparation off."""
+    prepared = per_tensor_recipe(model, ArrayReader({"input": calib}, 16), **switches)
+    return _quantize(prepared, calib, backend="systolic", **OFF)
+
+
+def test_default_is_the_recipe_default(digits_model, calib, plain) -> None:
     default = _quantize(digits_model, calib, backend="systolic")
-    prepared = per_tensor_recipe(digits_model, {"input": calib})
-    by_hand = _quantize(
-        prepared, calib, backend="systolic", equalization=False, bias_correction=False
-    )
     assert not _same(default, plain)
-    assert _same(default, by_hand)
+    assert _same(default, _by_hand(digits_model, calib))
 
 
-@pytest.mark.parametrize("eq,bc", [(True, False), (False, True)])
-def test_each_step_is_switchable(digits_model, calib, plain, eq: bool, bc: bool) -> None:
-    got = _quantize(digits_model, calib, backend="systolic", equalization=eq, bias_correction=bc)
-    prepared = per_tensor_recipe(
-        digits_model, {"input": calib}, equalization=eq, bias_correction=bc
-    )
-    by_hand = _quantize(
-        prepared, calib, backend="systolic", equalization=False, bias_correction=False
-    )
-    assert _same(got, by_hand)
+@pytest.mark.parametrize("step", ["equalization", "weight_rounding", "bias_correction"])
+def test_each_step_alone(digits_model, calib, plain, step: str) -> None:
+    switches = {**OFF, step: True}
+    got = _quantize(digits_model, calib, backend="systolic", **switches)
+    assert _same(got, _by_hand(digits_model, calib, **switches))
     assert not _same(got, plain)
 
 
@@ -85,23 +83,23 @@ def test_cpu_backend_warns_and_ignores(digits_model, calib) -> None:
     assert _same(got, _quantize(digits_model, calib, backend="cpu"))
 
 
-def test_bias_correction_without_data_is_skipped_with_a_warning(digits_model, calib, tmp_path):
+def test_without_data_only_the_data_free_steps_run(digits_model, calib, tmp_path):
     cache = tmp_path / "ranges.json"
-    first = _quantize(
-        digits_model, calib, backend="systolic", bias_correction=False, calibration_cache_path=cache
+    _quantize(
+        digits_model, calib, backend="systolic", equalization=True, calibration_cache_path=cache
     )
     assert cache.exists()
     with pytest.warns(QuantizationWarning, match="bias correction needs calibration data"):
         again = api.quantize_static(
-            digits_model,
-            None,
-            None,
-            quant_format="QOperator",
-            backend="systolic",
-            bias_correction=True,
-            calibration_cache_path=cache,
-        )
-    assert _same(first, again)
+            digits_model, None, None, quant_format="QOperator", backend="systolic",
+            bias_correction=True, equalization=True, calibration_cache_path=cache,
+        )  # fmt: skip
+    prepared = per_tensor_recipe(digits_model, None, equalization=True)
+    by_hand = api.quantize_static(
+        prepared, None, None, quant_format="QOperator", backend="systolic",
+        calibration_cache_path=cache, **OFF,
+    )  # fmt: skip
+    assert _same(again, by_hand)
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -112,26 +110,15 @@ def _cli(args: list[str]) -> tuple[int, str]:
 def test_cli_flags(digits_model_path: Path, digits_dir: Path, tmp_path: Path, plain) -> None:
     out = tmp_path / "q.onnx"
     code, text = _cli(
-        [
-            "quantize",
-            str(digits_model_path),
-            "-o",
-            str(out),
-            "--backend",
-            "systolic",
-            "--calibration-data",
-            str(digits_dir / "calib.npz"),
-            "--dataset-size",
-            "48",
-            "--no-equalization",
-            "--no-bias-correction",
-            "-q",
-        ]
-    )
+        ["quantize", str(digits_model_path), "-o", str(out), "--backend", "systolic",
+         "--calibration-data", str(digits_dir / "calib.npz"), "--dataset-size", "48",
+         "--no-weight-rounding", "--no-bias-correction", "-q"]
+    )  # fmt: skip
     assert code == 0, text
     assert _same(onnx.load(out), plain)
     code, text = _cli(["quantize", "--help"])
-    assert "--no-equalization" in text and "--no-bias-correction" in text
+    for flag in ("--equalization", "--no-weight-rounding", "--no-bias-correction"):
+        assert flag in text
 
 
 def test_cli_refuses_the_flags_in_dynamic_mode(digits_model_path: Path, tmp_path: Path) -> None:
@@ -141,6 +128,6 @@ def test_cli_refuses_the_flags_in_dynamic_mode(digits_model_path: Path, tmp_path
     )
     assert code == 2
     assert text.strip().splitlines() == [
-        "error: --equalization and --bias-correction apply to static mode only"
+        "error: --equalization, --weight-rounding and --bias-correction apply to static mode only"
     ]
     assert not out.exists()

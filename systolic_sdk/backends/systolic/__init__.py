@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN
-from systolic_sdk.backends.base import Backend, adapt
+from systolic_sdk.backends.base import PREP_SWITCHES, Backend, adapt
 from systolic_sdk.backends.systolic import params
 from systolic_sdk.backends.systolic.layout import (
     GEMMINI_ORT_DOMAIN,
@@ -161,21 +161,18 @@ def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> lis
 
 
 def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.ModelProto:
-    """The fp32 preparation for per-tensor weights (:func:`per_tensor_recipe`, its defaults
-    unless ``config`` switches a step). The data-driven steps measure on ``reader`` and are
-    skipped (with a warning if bias correction was asked for) without it."""
+    """The fp32 preparation for per-tensor weights (:func:`per_tensor_recipe`: by default
+    GPTQ weight rounding and bias correction, measured on ``reader``; cross-layer
+    equalization on request). A step the config switches explicitly is passed on; the
+    data-driven steps are skipped without data (with a warning if one was asked for)."""
     from systolic_sdk.transforms.recipe import per_tensor_recipe
 
-    if reader is None and config.bias_correction:
-        warn("bias correction needs calibration data; skipped")
-    switches = {
-        key: value
-        for key, value in (
-            ("equalization", config.equalization),
-            ("bias_correction", config.bias_correction),
-        )
-        if value is not None
-    }
+    switches = {n: getattr(config, n) for n in PREP_SWITCHES if getattr(config, n) is not None}
+    if reader is None:
+        asked = [n for n in ("weight_rounding", "bias_correction") if switches.get(n)]
+        if asked:
+            what = " and ".join(n.replace("_", " ") for n in asked)
+            warn(f"{what} needs calibration data; skipped")
     return per_tensor_recipe(model, reader, **switches)
 
 

@@ -112,19 +112,22 @@ def run_calibration_and_quantize(
     table_format: str | None,
     backend: str,
     quant_kwargs: dict[str, Any],
+    data_path: Path | None = None,
 ) -> tuple[int, Any]:
     """Calibrate (or read a table), write the table if asked, quantize if ``output``.
 
+    ``data_path`` (the dataset) is protected like the model: no output may replace it.
     Returns ``(number of calibrated tensors, quantized model or None)``.
     """
     from systolic_sdk.calibration.table import read_table, write_table
     from systolic_sdk.graph.io import check_output_path, load_model
 
     fp32 = load_model(model_path)
+    inputs = (model_path, data_path, table_in)
     if output is not None:
-        check_output_path(output, model_path)
+        check_output_path(output, *inputs)
     if table_out is not None:
-        check_output_path(table_out, model_path)
+        check_output_path(table_out, *inputs, output)
     if output is None:
         # Calibration only: every float activation of the fp32 model.
         from systolic_sdk.calibration import calibrate
@@ -166,7 +169,7 @@ def run_calibration_and_quantize(
         write_table(ranges, table_out, table_format, method=method if table_in is None else None)
     from systolic_sdk.graph.io import save_model
 
-    check_output_path(output, model_path)
+    check_output_path(output, *inputs)
     save_model(quantized, output)
     return len(ranges), quantized
 
@@ -397,6 +400,7 @@ def calibrate_command(
         collect_options=_collect_options(batch_size, skip_nonfinite, quiet),
         output=output,
         table_in=calibration_table,
+        data_path=dataset_path,
         table_out=calibration_table_out,
         table_format=table_format,
         backend=backend,
@@ -512,8 +516,10 @@ def static_runner_command(
     """Quantize a model calibrated on the test_data_set_* folders beside it."""
     from systolic_sdk.calibration import open_source
     from systolic_sdk.calibration.sources import DataSourceError, _test_data_sets
+    from systolic_sdk.graph.io import load_model
 
     check_backend(backend)
+    load_model(input_model_path)  # a bad model is the first thing to report
     folder = input_model_path.resolve().parent
     if not _test_data_sets(folder):
         raise DataSourceError(f"{folder}: no test_data_set_* folders beside the model")
@@ -538,6 +544,7 @@ def static_runner_command(
         collect_options=_collect_options(batch_size, False, quiet),
         output=output_path,
         table_in=None,
+        data_path=folder,
         table_out=None,
         table_format=None,
         backend=backend,

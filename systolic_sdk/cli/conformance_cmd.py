@@ -120,6 +120,8 @@ def run_command(
 
     if junit is not None:
         out = Path(junit)
+        if Path(suite).is_dir() and out.resolve().is_relative_to(Path(suite).resolve()):
+            raise ConformanceError(f"--junit {junit}: inside the suite; write it elsewhere")
         if out.is_dir():
             raise ConformanceError(f"--junit {junit}: is a folder, expected a file path")
         if not out.resolve().parent.is_dir():

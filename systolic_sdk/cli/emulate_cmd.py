@@ -205,11 +205,12 @@ def _emulate(
         write_outputs,
         write_trace,
     )
-    from systolic_sdk.graph.io import load_model
+    from systolic_sdk.graph.io import check_output_dir, load_model
 
     model = load_model(model_path)
     for p in (output, trace_dir):
         if p is not None:
+            check_output_dir(p, model_path, inputs_path)
             prepare_dir(p)  # fail before the run, not after it
     config = ArrayConfig(dim=dim)
     executor = Executor(model, target=target, config=config)

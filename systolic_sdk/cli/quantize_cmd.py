@@ -204,7 +204,7 @@ def quantize_command(
         raise SdkError(
             f"{model}: static quantization needs --calibration-data PATH (or use --mode dynamic)"
         )
-    out = check_output_path(output, model)
+    out = check_output_path(output, model, calibration_data, tensor_quant_overrides)
     fp32 = load_model(model)
     extra = {**overrides_extra(tensor_quant_overrides), **systolic_extra}
     types = quant_types(activation_type, weight_type)
@@ -247,7 +247,7 @@ def quantize_command(
             bias_correction=bias_correction,
             **common,
         )
-    check_output_path(out, model)  # the folder may have vanished while calibrating
+    check_output_path(out, model, calibration_data)  # the folder may have gone meanwhile
     api.save_output(quantized, out)
     say(quiet, f"wrote {out} ({fmt}, {mode}; {_summary(quantized)})")
 

@@ -49,7 +49,7 @@ def _same(a: Path, b: Path) -> bool:
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The report data as JSON [default: report.json beside the HTML].",
+    help="The report data as JSON [default: the HTML path with .json, e.g. report.json].",
 )
 @click.option(
     "--dim", type=click.IntRange(min=1), default=16, show_default=True, help="Array size DIM."
@@ -98,7 +98,7 @@ def report_command(
     from systolic_sdk.report import build_report, render_html, to_json
 
     if json_out is None:
-        json_out = output.with_name("report.json")
+        json_out = output.with_suffix(".json")
     inputs = (quant_model, fp32_path, data)
     check_output_path(output, *inputs)
     check_output_path(json_out, *inputs)

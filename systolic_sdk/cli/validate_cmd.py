@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import click
+import numpy as np
 
 from systolic_sdk.cli.common import CONTEXT_SETTINGS, say, sdk_errors
 from systolic_sdk.errors import SdkError
@@ -105,10 +106,12 @@ def validate_command(
     if samples is not None and samples < 1:
         raise SdkError(f"--samples must be >= 1, got {samples}")
     if json_out is not None:
-        check_output_path(json_out)
+        check_output_path(json_out, quant_model, fp32_path, data)
     qmodel = load_model(quant_model)
     fmodel = load_model(fp32_path)
     feeds = _feeds(data, fmodel, samples)
+    if not feeds or not any(np.shape(next(iter(f.values())))[0] for f in feeds if f):
+        raise SdkError(f"{data}: no samples")
     try:
         report = validate(qmodel, fmodel, feeds)
     except SdkError:

@@ -71,21 +71,61 @@ def _all_tensors(model: onnx.ModelProto):
     return _get_all_tensors(model)
 
 
+#: Files a data folder is read from (an output of these kinds must not land in one).
+DATA_SUFFIXES = frozenset({".npy", ".npz", ".pb", ".png", ".jpg", ".jpeg", ".bmp"})
+
+
 def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
-    """Validate an output path before any work: not an input, folder exists."""
+    """Validate an output file path before any work: it is none of ``inputs``, not a data
+    file inside an input folder, not a folder, and its folder exists."""
     out = Path(output)
     for src in inputs:
-        if src is not None and Path(src).exists() and out.exists():
-            if os.path.samefile(out, src):
-                raise SdkError(f"{out}: output path is the input model; refusing to overwrite it")
-        elif src is not None and Path(src).resolve() == out.resolve():
-            raise SdkError(f"{out}: output path is the input model; refusing to overwrite it")
+        if src is None:
+            continue
+        if _same_path(out, Path(src)):
+            raise SdkError(f"{out}: output path is an input ({src}); refusing to overwrite it")
+        if Path(src).is_dir() and out.suffix.lower() in DATA_SUFFIXES and _inside(out, Path(src)):
+            raise SdkError(
+                f"{out}: would be read as data of the input folder {src}; refusing to write it"
+            )
     if out.is_dir():
         raise SdkError(f"{out}: is a folder, expected an output file path")
     parent = out.resolve().parent
     if not parent.is_dir():
         raise SdkError(f"{out}: output folder {parent} does not exist")
     return out
+
+
+def check_output_dir(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
+    """Validate an output folder path: it is not the current folder, not an input file,
+    not an input folder, and it neither contains nor lies inside an input."""
+    out = Path(output)
+    if out.resolve() == Path.cwd().resolve():
+        raise SdkError(f"{out}: is the current folder; give a folder of its own")
+    for src in inputs:
+        if src is None:
+            continue
+        s = Path(src)
+        if _same_path(out, s) or _inside(out, s) or _inside(s, out):
+            raise SdkError(f"{out}: output folder overlaps the input {src}; refusing it")
+    if out.exists() and not out.is_dir():
+        raise SdkError(f"{out}: exists and is not a folder")
+    return out
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies strictly inside ``folder``."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return path.resolve() != folder.resolve()
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:

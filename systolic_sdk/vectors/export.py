@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime_emulator.io import load_input_sets
-from systolic_sdk.graph.io import load_model
+from systolic_sdk.graph.io import check_output_dir, load_model
 from systolic_sdk.vectors.extract import LayerVectors, VectorError, check_systolic, extract_layers
 from systolic_sdk.vectors.manifest import (
     MANIFEST_NAME,
@@ -55,12 +55,20 @@ def _encode(fmt: str, arr: np.ndarray, name: str) -> bytes:
     return hex_bytes(arr)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise VectorError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise VectorError(f"{out}: folder exists and is not empty (use --force to replace it)")
-    if not out.parent.is_dir():
+def _prepare_out(out: Path, force: bool, *inputs: str | os.PathLike[str]) -> None:
+    """``out`` may be written: a new or empty folder, or (``force``) an earlier export
+    (a folder holding a vectors manifest); never the current folder or one that holds,
+    or lies inside, an input."""
+    check_output_dir(out, *inputs)
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise VectorError(f"{out}: folder exists and is not empty (use --force to replace it)")
+        if not (out / MANIFEST_NAME).is_file():
+            raise VectorError(
+                f"{out}: --force replaces an earlier export only; this folder has no "
+                f"{MANIFEST_NAME}"
+            )
+    if not out.resolve().parent.is_dir():
         raise VectorError(f"{out.parent}: no such folder")
 
 
@@ -119,7 +127,7 @@ def export_vectors(
     if samples < 1:
         raise VectorError(f"--samples must be at least 1, got {samples}")
     out = Path(out)
-    _prepare_out(out, force)
+    _prepare_out(out, force, model_path, data)
     model_bytes = Path(model_path).read_bytes() if Path(model_path).is_file() else None
     model = load_model(model_path)
     check_systolic(model, str(model_path))
@@ -130,7 +138,9 @@ def export_vectors(
     layers, graph_outputs = extract_layers(model, feeds)
     model_sha = sha256_hex(model_bytes if model_bytes is not None else model.SerializeToString())
     n = int(next(iter(feeds.values())).shape[0])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out.resolve().name}.", suffix=".tmp", dir=out.resolve().parent)
+    )
     try:
         entries = [
             layer_entry(lv, _layer_files(tmp, lv, formats), layer_prefix(lv)) for lv in layers

@@ -34,7 +34,7 @@ def test_writes_html_and_json_beside_it(digits_paths, tmp_path: Path) -> None:
     assert res.exit_code == 0, (res.output, res.exception)
     assert "logits: bit-exact" in res.output and "wrote" in res.output
     assert res.stderr == ""  # no progress bar when stderr is not a terminal
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "r.json").read_text())
     assert data["meta"]["samples"] == 8 and data["meta"]["dim"] == 8
     conv1 = next(layer for layer in data["layers"] if layer["name"] == "/conv1/Conv")
     # ceil(784/8) * ceil(8/8) * ceil(9/8) tiles of 8 cycles
@@ -55,7 +55,7 @@ def test_explicit_json_path_and_quiet(digits_paths, tmp_path: Path) -> None:
     res = CliRunner().invoke(report_command, _args(digits_paths, out, "--json", str(js), "-q"))
     assert res.exit_code == 0 and res.output == ""
     assert json.loads(js.read_text())["meta"]["schema"] == "systolic-sdk-report/1"
-    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_exit_2(digits_paths, tmp_path: Path, what, needle
     assert_user_error(res, needle)
     if out != paths["quant"]:
         assert_nothing_written(out)
-    assert not (tmp_path / "report.json").exists()
+    assert not out.with_suffix(".json").exists() or out.with_suffix(".json") in paths.values()
     if before is not None:
         assert paths["quant"].read_bytes() == before
 

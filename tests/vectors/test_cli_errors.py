@@ -91,9 +91,16 @@ def test_non_empty_output_needs_force(
     code, out = _invoke(*args)
     _assert_refused(code, out, tmp_path, before, "--force")
     assert (out_dir / "keep.txt").exists()
-    code, out = _invoke(*args, "--force", "--samples", "3")
+    code, out = _invoke(*args, "--force")  # not an earlier export: never deleted
+    _assert_refused(code, out, tmp_path, before, "earlier export only")
+    assert (out_dir / "keep.txt").exists()
+    (out_dir / "keep.txt").unlink()
+    code, out = _invoke(*args)
     assert code == 0, out
-    assert not (out_dir / "keep.txt").exists()
+    (out_dir / "stale.npy").write_bytes(b"x")
+    code, out = _invoke(*args, "--force", "--samples", "3")  # replaces the earlier export
+    assert code == 0, out
+    assert not (out_dir / "stale.npy").exists()
     assert {p.name for p in tmp_path.iterdir()} == before
     first = np.load(out_dir / "layers" / "001_conv1_conv" / "input.npy")
     assert first.shape == (3, 1, 28, 28) and first.dtype == np.int8
@@ -118,3 +125,20 @@ def test_inconsistent_vectors_refused(
     code, out = _invoke(str(systolic_digits), "--data", str(digits_samples), "-o",
                         str(tmp_path / "o"))  # fmt: skip
     _assert_refused(code, out, tmp_path, before, "/conv1/Conv", "inconsistent")
+
+
+def test_force_never_replaces_the_current_folder_or_the_inputs(
+    systolic_digits: Path, digits_samples: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = {p.name for p in tmp_path.iterdir()}
+    for target, needle in (
+        (".", "current folder"),
+        (str(digits_samples), "overlaps the input"),
+        (str(systolic_digits.parent), "overlaps the input"),
+    ):
+        code, out = _invoke(str(systolic_digits), "--data", str(digits_samples), "-o", target,
+                            "--force")  # fmt: skip
+        assert code == 2 and needle in out, out
+    assert {p.name for p in tmp_path.iterdir()} == before
+    assert systolic_digits.exists() and digits_samples.exists()

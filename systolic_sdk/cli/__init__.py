@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
 
 import click
 
@@ -36,6 +38,28 @@ class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # COMMANDS order: the main job first
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: D102 - click API
+        """Errors as one ``error: ...`` line (usage errors too, exit code 2) and warnings
+        as ``warning: ...`` lines, instead of click's and Python's multi-line forms."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                rv = super().main(*args, standalone_mode=False, **kwargs)
+            except click.UsageError as exc:
+                where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+                message = exc.format_message().strip().splitlines()[0]
+                click.echo(f"error: {where}{message} (see --help)", err=True)
+                sys.exit(2)
+            except click.ClickException as exc:
+                exc.show()
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                click.echo("error: aborted", err=True)
+                sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -60,6 +84,10 @@ def cli() -> None:
 
 for _module, _attr in COMMANDS:
     cli.add_command(getattr(importlib.import_module(_module), _attr))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def main() -> None:

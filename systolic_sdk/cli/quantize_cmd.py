@@ -96,6 +96,11 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
 )
 @click.option("--dataset-size", type=click.IntRange(min=1), help="Use at most N samples.")
 @click.option(
+    "--skip-nonfinite",
+    is_flag=True,
+    help="Skip calibration samples holding NaN or Inf (with a warning) instead of refusing.",
+)
+@click.option(
     "--preprocess", default=None, help="Image preprocessing for image folders (calibration)."
 )
 @click.option(
@@ -161,6 +166,7 @@ def quantize_command(
     calibration_data: Path | None,
     calibration_method: str,
     dataset_size: int | None,
+    skip_nonfinite: bool,
     preprocess: str | None,
     op_types: tuple[str, ...],
     nodes_to_quantize: tuple[str, ...],
@@ -234,6 +240,9 @@ def quantize_command(
             reader = open_source(
                 calibration_data, fp32, dataset_size=dataset_size, preprocess=preprocess
             )
+            reader.collect_options = {"skip_nonfinite": skip_nonfinite}
+            if quiet:
+                reader.collect_options["progress"] = False
         quant_format = OutputForm.INTEGER if fmt == "integer" else fmt
         quantized = api.quantize_static(
             fp32,

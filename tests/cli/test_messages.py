@@ -37,3 +37,18 @@ def test_warnings_are_one_line(runner, digits_model_path, digits_dir, tmp_path) 
     assert lines == [
         "warning: backend 'systolic' supports per-tensor weights only; ignoring per_channel"
     ]
+
+
+def test_quantize_can_skip_nonfinite_samples(runner, digits_model_path, digits_calib, tmp_path):
+    import numpy as np
+
+    data = digits_calib[:8].copy()
+    data[3, 0, 5, 5] = np.nan
+    np.savez(tmp_path / "nan.npz", input=data)
+    args = ["quantize", str(digits_model_path), "-o", str(tmp_path / "q.onnx"),
+            "--calibration-data", str(tmp_path / "nan.npz")]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert_user_error(res, "--skip-nonfinite")
+    res = runner.invoke(cli, [*args, "--skip-nonfinite", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.stderr and (tmp_path / "q.onnx").exists()

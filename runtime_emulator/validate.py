@@ -120,17 +120,24 @@ def _jsonable(x: Any) -> Any:
 
 
 def classify_requant(
-    acc: np.ndarray, multiplier: np.ndarray, zero_point: int = 0, *, relu: bool = False
+    acc: np.ndarray,
+    multiplier: np.ndarray,
+    zero_point: int = 0,
+    *,
+    relu: bool = False,
+    dtype: np.dtype | type = np.int8,
 ) -> list[str]:
-    """:func:`classify_element` for arrays of accumulators and multipliers (same shape)."""
+    """:func:`classify_element` for arrays of accumulators and multipliers (same shape);
+    ``dtype`` is the output's integer type (its range decides saturation)."""
     acc = np.asarray(acc, np.int64).reshape(-1)
     v = dp.scale_accumulator(acc, np.asarray(multiplier, F32).reshape(-1)).astype(np.float64)
     zp = int(zero_point)
+    lo, hi = dp.qrange(np.dtype(dtype))
     causes = np.full(acc.shape, UNEXPLAINED, dtype=object)
     with np.errstate(invalid="ignore"):
         r = dp.rne(v) + zp
         tie = np.isfinite(v) & (v - np.floor(v) == 0.5)
-        sat = ~np.isfinite(v) | (r < -128) | (r > 127)
+        sat = ~np.isfinite(v) | (r < lo) | (r > hi)
     causes[tie] = TIE
     causes[sat] = SATURATION
     causes[np.abs(acc) > 2**24] = LARGE_ACC
@@ -140,13 +147,20 @@ def classify_requant(
 
 
 def classify_element(
-    acc: int, multiplier: float, zero_point: int = 0, *, relu: bool = False
+    acc: int,
+    multiplier: float,
+    zero_point: int = 0,
+    *,
+    relu: bool = False,
+    dtype: np.dtype | type = np.int8,
 ) -> str:
     """Why an int8 requantized element ``sat8(rne(f32(f32(acc) * M)) + zp)`` may differ
     from another implementation: a float32 conversion of an accumulator beyond 2**24,
     saturation, an exact tie, or unexplained. With a fused ``relu``, an element at or
     below the zero point is 0 whatever the rounding, so none of these can explain it."""
-    return classify_requant(np.array([acc]), np.array([multiplier]), zero_point, relu=relu)[0]
+    return classify_requant(
+        np.array([acc]), np.array([multiplier]), zero_point, relu=relu, dtype=dtype
+    )[0]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -252,7 +266,8 @@ def _classify_tensor(
         acc, m, zy, _ = parts
         relu = bool(int(_attrs(node).get("relu", 0)))
         sel = tuple(diff_idx.T)
-        return classify_requant(acc[sel], m[sel], zy, relu=relu)
+        dtype = np.asarray(env[node.output[0]]).dtype if node.output[0] in env else np.int8
+        return classify_requant(acc[sel], m[sel], zy, relu=relu, dtype=dtype)
     if node.op_type == "QLinearAdd":
         return [_classify_add(node, env, tuple(map(int, i))) for i in diff_idx]
     return [UNEXPLAINED] * len(diff_idx)

@@ -102,6 +102,7 @@ def validate_command(
     """
     from runtime_emulator.validate import validate
     from systolic_sdk.graph.io import check_output_path, load_model, write_bytes_atomic
+    from systolic_sdk.report.build import check_roles
 
     if samples is not None and samples < 1:
         raise SdkError(f"--samples must be >= 1, got {samples}")
@@ -109,6 +110,7 @@ def validate_command(
         check_output_path(json_out, quant_model, fp32_path, data)
     qmodel = load_model(quant_model)
     fmodel = load_model(fp32_path)
+    check_roles(qmodel, quant_model, fmodel, fp32_path)
     feeds = _feeds(data, fmodel, samples)
     if not feeds or not any(np.shape(next(iter(f.values())))[0] for f in feeds if f):
         raise SdkError(f"{data}: no samples")

@@ -166,7 +166,7 @@ def build_report(
         raise SdkError(f"bins must be >= 1, got {bins}")
     qmodel = load_model(quant_model)
     fmodel = load_model(fp32_model)
-    _check_roles(qmodel, quant_model, fmodel, fp32_model)
+    check_roles(qmodel, quant_model, fmodel, fp32_model)
     target = resolve_target(qmodel, target)
     config = ArrayConfig(dim=dim)
     samples = load_samples(data, fmodel, max_samples)
@@ -235,7 +235,7 @@ def build_report(
         bar.close()
 
 
-def _check_roles(
+def check_roles(
     qmodel: onnx.ModelProto, qpath: Path, fmodel: onnx.ModelProto, fpath: Path
 ) -> None:
     """The quantized model holds quantized tensors; the fp32 model holds none."""

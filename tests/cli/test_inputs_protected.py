@@ -117,3 +117,9 @@ def test_static_runner_reports_a_bad_model_first(runner, tmp_path) -> None:
     res = runner.invoke(cli, ["static-runner", "-i", str(bad), "-o", str(tmp_path / "o.onnx")])
     assert_user_error(res, "bad.onnx")
     assert "test_data_set" not in res.stderr
+
+
+def test_validate_refuses_a_float_model_as_the_quantized_one(runner, work) -> None:
+    res = runner.invoke(cli, ["validate", str(work["model"]), "--fp32", str(work["model"]),
+                              "--data", str(work["calib"])])  # fmt: skip
+    assert_user_error(res, "m.onnx", "no quantized tensors")

@@ -82,3 +82,13 @@ def test_qlinear_add_causes() -> None:
     # 100 + 100: each rescale fits, the sum saturates.
     assert _classify_add(*_add_node(100, 100, 1.0, 1.0, 1.0), (0,)) == SATURATION
     assert _classify_add(*_add_node(3, 4, 1.0, 1.0, 1.0), (0,)) == UNEXPLAINED
+
+
+def test_saturation_follows_the_output_type():
+    """uint8 outputs saturate at 0 and 255 (with their zero point), not at -128 and 127."""
+    import numpy as np
+
+    assert classify_element(10, 1.0, 128, dtype=np.uint8) == UNEXPLAINED  # 138: in range
+    assert classify_element(200, 1.0, 128, dtype=np.uint8) == SATURATION  # 328 > 255
+    assert classify_element(-200, 1.0, 128, dtype=np.uint8) == SATURATION  # -72 < 0
+    assert classify_element(10, 1.0, 128) == SATURATION  # int8: 138 > 127

@@ -67,7 +67,9 @@ class _Group(click.Group):
             raise UserError(str(exc)) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="systolic-quantize")
 def cli() -> None:
     """Quantize ONNX models for onnxruntime on a CPU or for the Systolic int8

@@ -283,7 +283,12 @@ an ONNX test-data folder (test_data_set_N/input_K.pb) or a folder of input_K.pb.
 """
 
 
-@click.command("calibrate", context_settings=CONTEXT_SETTINGS, epilog=CALIBRATE_EPILOG)
+@click.command(
+    "calibrate",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=CALIBRATE_EPILOG,
+    short_help="Calibrate on a dataset, then quantize (the calibrate tool's flags).",
+)
 @click.option(
     "--model_path", "--model-path", "model_path", required=True, type=click.Path(path_type=Path)
 )
@@ -365,7 +370,8 @@ def calibrate_command(
     bias_correction: bool | None,
     quiet: bool,
 ) -> None:
-    """Calibrate MODEL on a dataset with the chosen method, then quantize it."""
+    """Calibrate the model (--model_path) on a dataset with the chosen method, then
+    quantize it (or, with --calibrate-only, write the calibration table)."""
     from systolic_sdk.calibration import open_source
     from systolic_sdk.calibration.preprocess import get_preprocessor
 
@@ -430,7 +436,12 @@ Example:
 """
 
 
-@click.command("static-runner", context_settings=CONTEXT_SETTINGS, epilog=RUNNER_EPILOG)
+@click.command(
+    "static-runner",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=RUNNER_EPILOG,
+    short_help="Quantize on the test_data_set_* beside the model (the runner's flags).",
+)
 @click.option(
     "-i",
     "--input_model_path",

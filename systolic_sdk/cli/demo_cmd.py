@@ -186,7 +186,11 @@ def _predict(run: Callable[[dict], list[np.ndarray]], input_name: str, x: np.nda
     return np.concatenate(preds)
 
 
-@click.command("demo", context_settings=CONTEXT_SETTINGS)
+@click.command(
+    "demo",
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Quantize the shipped model for Systolic, validate it, score it.",
+)
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
 @backend_option(default="systolic")
 @click.option(

@@ -126,7 +126,12 @@ Example:
 """
 
 
-@click.command("emulate", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    "emulate",
+    help=_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    short_help="Run a quantized model on the bit-exact emulator; per-layer array table.",
+)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--inputs",

@@ -56,7 +56,12 @@ or a folder of images. Overrides JSON: {"tensor": [{"scale": 0.005, "zero_point"
 """
 
 
-@click.command("quantize", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(
+    "quantize",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=EPILOG,
+    short_help="Quantize an fp32 model (cpu or systolic backend; static or dynamic).",
+)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Quantized model path."

@@ -22,7 +22,12 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-@click.command("report", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(
+    "report",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=EPILOG,
+    short_help="HTML/JSON report: per-layer SQNR, histograms, accumulators, cycles.",
+)
 @click.argument("quant_model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--fp32",

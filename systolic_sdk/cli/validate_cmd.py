@@ -63,7 +63,12 @@ def _feeds(data: Path, fp32_model, samples: int | None) -> list[dict]:
     return feeds
 
 
-@click.command("validate", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.command(
+    "validate",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=EPILOG,
+    short_help="Emulator vs onnxruntime on the lowering, bit for bit; accuracy vs fp32.",
+)
 @click.argument("quant_model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--fp32",

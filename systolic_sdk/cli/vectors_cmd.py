@@ -7,7 +7,11 @@ import click
 from systolic_sdk.cli.common import CONTEXT_SETTINGS, say, sdk_errors
 
 
-@click.command("export-vectors", context_settings=CONTEXT_SETTINGS)
+@click.command(
+    "export-vectors",
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Per-layer golden vectors (.pb, .npy, C header, hex) of a Systolic graph.",
+)
 @click.argument("quant_model", type=click.Path(dir_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(), help="Input samples "
               "(.npz keyed by input name, .npy, .pb, or an ONNX test-data folder).")  # fmt: skip
@@ -24,7 +28,19 @@ def export_vectors(
     quant_model: str, data: str, output: str, formats: str, samples: int, force: bool, quiet: bool
 ) -> None:
     """Export each accelerator layer's int8 input, weights (as the array reads them), int32
-    bias and accumulators, multiplier and int8 output of QUANT_MODEL, with a manifest."""
+    bias and accumulators, multiplier and int8 output of QUANT_MODEL, with a manifest
+    (the model's sha256, the SDK version, the array configuration, each file's sha256).
+
+    OUTPUT must be a new or empty folder; --force replaces an earlier export there. The
+    C header (layers.h) can be #included by a bare-metal test: arrays with their sizes
+    and the expected outputs.
+
+    \b
+    Examples:
+      systolic-quantize export-vectors q.onnx --data test_data_set_0 -o vectors
+      systolic-quantize export-vectors q.onnx --data test.npz -o vectors --samples 4 \\
+          --format c-header,hex
+    """
     from systolic_sdk.vectors import export_vectors as run_export
 
     man = run_export(quant_model, data, output, formats.split(","), samples, force)

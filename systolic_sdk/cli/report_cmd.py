@@ -120,10 +120,14 @@ def report_command(
         progress=None if not quiet else False,
     )
     page = render_html(report)
-    write_bytes_atomic(json_out, (to_json(report, indent=1) + "\n").encode())
     write_bytes_atomic(output, page.encode())
+    try:
+        write_bytes_atomic(json_out, (to_json(report, indent=1) + "\n").encode())
+    except BaseException:
+        output.unlink(missing_ok=True)  # both or neither
+        raise
     for o in report["outputs"]:
-        parts = [f"{o['name']}:"]
+        parts = []
         if o["bit_exact"] is not None:
             parts.append("bit-exact" if o["bit_exact"] else f"NOT bit-exact ({o['n_diff']} differ)")
         if o["top1_agreement"] is not None:
@@ -131,7 +135,7 @@ def report_command(
         sq = o["sqnr_db"]
         if sq is not None:
             parts.append("SQNR exact" if sq == "inf" else f"SQNR {float(sq):.2f} dB")
-        say(quiet, " ".join(parts))
+        say(quiet, f"{o['name']}: " + ", ".join(parts))
     t = report["totals"]
     say(
         quiet,

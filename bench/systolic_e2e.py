@@ -1,7 +1,8 @@
 """The Systolic backend end to end, through the command line a user runs.
 
 For each model and layout: ``systolic-quantize quantize --backend systolic`` (with the
-default fp32 preparation, cross-layer equalization and bias correction, and without it),
+default fp32 preparation, GPTQ weight rounding and bias correction; in the first layout
+also with cross-layer equalization and bias correction, and with no preparation),
 then ``systolic-quantize validate`` on held-out inputs: bit-exactness of every traced
 tensor against onnxruntime on the standard-ONNX lowering, top-1 agreement and SQNR of the
 logits against fp32. onnxruntime's own static quantizer (QDQ, int8, MinMax) per tensor and
@@ -79,7 +80,15 @@ def _logits(path: Path, input_name: str, x: np.ndarray) -> np.ndarray:
     )
 
 
-def ours(model: Path, input_name: str, folds: list[Fold], layout: str, prep: bool, tmp: Path):
+#: (label, quantize flags): the default recipe, and variants of the fp32 preparation.
+VARIANTS = {
+    "default": ("GPTQ + BC (default)", []),
+    "cle": ("CLE + BC", ["--equalization", "--no-weight-rounding"]),
+    "plain": ("plain", ["--no-weight-rounding", "--no-bias-correction"]),
+}
+
+
+def ours(model: Path, input_name: str, folds: list[Fold], layout: str, prep: str, tmp: Path):
     """Quantize and validate through the CLI on every fold; pooled figures."""
     agree, total, sqnr, exact, tensors, t_q, t_v = 0.0, 0, [], True, "", 0.0, 0.0
     for k, fold in enumerate(folds):
@@ -87,7 +96,7 @@ def ours(model: Path, input_name: str, folds: list[Fold], layout: str, prep: boo
         np.savez(calib, **{input_name: fold.calib})
         np.savez(data, **{input_name: fold.evaluate})
         out, report = tmp / f"q_{layout}_{prep}_{k}.onnx", tmp / f"r_{layout}_{prep}_{k}.json"
-        flags = [] if prep else ["--no-equalization", "--no-bias-correction"]
+        flags = VARIANTS[prep][1]
         t_q += _cli(
             [
                 "quantize",
@@ -184,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["digits_cnn", "efficientnet_lite0"])
     ap.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"])
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="fp32 preparations to run in the first layout (the others run the default)",
+    )
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     header = [
@@ -202,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             model, input_name, folds = _folds(name)
             for layout in args.layouts:
-                for prep in (True, False):
+                for prep in args.variants if layout == args.layouts[0] else ["default"]:
                     r = ours(model, input_name, folds, layout, prep, tmp)
-                    what = f"systolic {layout.upper()}" + (", CLE + BC" if prep else ", plain")
+                    what = f"systolic {layout.upper()}, {VARIANTS[prep][0]}"
                     rows.append(
                         [
                             name,

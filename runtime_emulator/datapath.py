@@ -47,6 +47,11 @@ def saturate(x: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     return np.clip(x, lo, hi).astype(dtype)
 
 
+def clamp(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Clamp integral values to [lo, hi] (a narrowed range, e.g. 7-bit or symmetric)."""
+    return np.clip(x, lo, hi)
+
+
 def sat8(x: np.ndarray) -> np.ndarray:
     """Clamp to [-128, 127] and cast to int8."""
     return saturate(x, np.int8)

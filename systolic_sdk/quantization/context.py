@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime_emulator.datapath import rne
 from systolic_sdk.errors import QuantizationError
 from systolic_sdk.graph.util import NameScope, consumers, opset_version, subgraph_inputs
 from systolic_sdk.quantization.config import QuantConfig, TensorOverride
@@ -246,8 +245,9 @@ class RewriteContext:
     ) -> QuantParams:
         """Parameters given verbatim by a TensorOverride.
 
-        Without a zero point: symmetric -> the middle of the type's range (0 for signed
-        types); asymmetric -> from the tensor's range so that its minimum maps to qmin.
+        A scale without a zero point takes the middle of the type's range (0 for signed
+        types). Without a scale, the parameters come from the override's rmin/rmax and the
+        tensor's range ``rng``, with the override's symmetric / reduce_range.
         """
         symmetric = self.symmetric_activations if symmetric is None else symmetric
         symmetric = symmetric if ov.symmetric is None else ov.symmetric
@@ -279,15 +279,10 @@ class RewriteContext:
                 scale = scale.reshape(())
             if ov.zero_point is not None:
                 zp = np.asarray(ov.zero_point, dtype=np.int64).reshape(scale.shape)
-            else:
+            else:  # a scale alone (built in Python; the JSON form pairs them): mid-range
                 qmin, qmax = quant_range(qtype)
-                if rng is not None and not symmetric:
-                    lo = np.minimum(np.asarray(rng[0], dtype=F32), F32(0))
-                    zp = rne(np.subtract(F32(qmin), np.divide(lo, scale, dtype=F32), dtype=F32))
-                    zp = np.clip(np.broadcast_to(zp, scale.shape), qmin, qmax).astype(np.int64)
-                else:
-                    mid = 0 if qtype.signed else (qmin + qmax + 1) // 2
-                    zp = np.full(scale.shape, mid, dtype=np.int64)
+                mid = 0 if qtype.signed else (qmin + qmax + 1) // 2
+                zp = np.full(scale.shape, mid, dtype=np.int64)
             return QuantParams(scale, zp, qtype, axis)
         except ValueError as exc:
             raise QuantizationError(f"tensor '{name}': invalid override: {exc}") from None

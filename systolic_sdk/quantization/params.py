@@ -101,7 +101,7 @@ def compute_params(
         zp = np.broadcast_to(datapath.rne(np.float64((qmin + qmax) / 2)), scale64.shape)
     else:
         zp = datapath.rne(qmin - rmin.astype(np.float64) / safe64)
-    zp = np.clip(np.where(degenerate, 0, zp), qmin, qmax)
+    zp = datapath.clamp(np.where(degenerate, 0, zp), qmin, qmax)
     return QuantParams(safe64.astype(F32), zp.astype(np.int64), qtype, axis)
 
 

@@ -242,8 +242,8 @@ def _quantize_options(activation_default: str):
             "--quant_format",
             "quant_format",
             type=click.Choice(["qdq", "qoperator"]),
-            default="qdq",
-            show_default=True,
+            default=None,
+            help="Output form.  [default: qoperator for --backend systolic, else qdq]",
         )(func)
         func = click.option(
             "--per-channel",
@@ -355,7 +355,7 @@ def calibrate_command(
     activation_type: str,
     weight_type: str,
     per_channel: bool,
-    quant_format: str,
+    quant_format: str | None,
     percentile: float | None,
     moving_average: bool,
     averaging_constant: float | None,
@@ -412,7 +412,7 @@ def calibrate_command(
         backend=backend,
         quant_kwargs=dict(
             per_channel=per_channel,
-            quant_format=quant_format,
+            quant_format=quant_format or ("qoperator" if backend == "systolic" else "qdq"),
             equalization=equalization,
             weight_rounding=weight_rounding,
             bias_correction=bias_correction,
@@ -513,7 +513,7 @@ def static_runner_command(
     per_channel: bool,
     tensor_quant_overrides: Path | None,
     calibrate_method: str,
-    quant_format: str,
+    quant_format: str | None,
     symmetric: bool,
     calib_moving_average: bool,
     dataset_size: int | None,
@@ -561,7 +561,7 @@ def static_runner_command(
         backend=backend,
         quant_kwargs=dict(
             per_channel=per_channel,
-            quant_format=quant_format,
+            quant_format=quant_format or ("qoperator" if backend == "systolic" else "qdq"),
             quantize_bias=quantize_bias,
             equalization=equalization,
             weight_rounding=weight_rounding,

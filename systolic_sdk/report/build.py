@@ -235,9 +235,7 @@ def build_report(
         bar.close()
 
 
-def check_roles(
-    qmodel: onnx.ModelProto, qpath: Path, fmodel: onnx.ModelProto, fpath: Path
-) -> None:
+def check_roles(qmodel: onnx.ModelProto, qpath: Path, fmodel: onnx.ModelProto, fpath: Path) -> None:
     """The quantized model holds quantized tensors; the fp32 model holds none."""
     from systolic_sdk.report.mapping import OUTPUT_QPARAMS
 

@@ -53,7 +53,12 @@ def table_format(path: str | Path, fmt: str | None = None) -> str:
         return "json"
     if suffix in (".flatbuffers", ".fb", ".fbs"):
         return "flatbuffers"
-    return "text"
+    if suffix in ("", ".txt", ".text", ".cache", ".table", ".tbl"):
+        return "text"
+    raise CalibrationTableError(
+        f"{path}: cannot tell the table format from the suffix '{suffix}' "
+        f"(use .json, .txt or .flatbuffers, or give the format: {', '.join(FORMATS)})"
+    )
 
 
 def _checked(ranges: Mapping[str, tuple[float, float]]) -> Ranges:

@@ -120,6 +120,7 @@ def run_calibration_and_quantize(
     Returns ``(number of calibrated tensors, quantized model or None)``.
     """
     from systolic_sdk.calibration.table import read_table, write_table
+    from systolic_sdk.calibration.table import table_format as table_kind
     from systolic_sdk.graph.io import check_output_path, load_model
 
     fp32 = load_model(model_path)
@@ -128,6 +129,7 @@ def run_calibration_and_quantize(
         check_output_path(output, *inputs)
     if table_out is not None:
         check_output_path(table_out, *inputs, output)
+        table_kind(table_out, table_format)  # an unknown format fails before the work
     if output is None:
         # Calibration only: every float activation of the fp32 model.
         from systolic_sdk.calibration import calibrate

@@ -52,3 +52,13 @@ def test_quantize_can_skip_nonfinite_samples(runner, digits_model_path, digits_c
     res = runner.invoke(cli, [*args, "--skip-nonfinite", "-q"])
     assert res.exit_code == 0, res.output
     assert "warning:" in res.stderr and (tmp_path / "q.onnx").exists()
+
+
+def test_unknown_table_suffix_is_refused(runner, digits_model_path, digits_dir, tmp_path):
+    out = tmp_path / "ranges.xyz"
+    args = ["calibrate", "--model_path", str(digits_model_path), "--dataset_path",
+            str(digits_dir / "calib.npz"), "--calibrate-only", "--calibration-table-out",
+            str(out), "--dataset_size", "4"]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert_user_error(res, "ranges.xyz", "suffix")
+    assert not out.exists()

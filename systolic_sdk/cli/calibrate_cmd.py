@@ -50,12 +50,6 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _preprocess_names() -> list[str]:
-    from systolic_sdk.calibration.preprocess import PREPROCESSORS
-
-    return list(PREPROCESSORS)
-
-
 def _calibration_options(
     percentile: float | None,
     moving_average: bool,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -530,8 +530,3 @@ def _assemble(
         "activations": hist_rows,
         "unmapped": unmapped,
     }
-
-
-def iter_layers(report: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    """The report's layer rows (for callers and tests)."""
-    yield from report["layers"]

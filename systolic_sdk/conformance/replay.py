@@ -101,16 +101,17 @@ class SuiteReport:
         return all(r.status == "pass" for r in self.results)
 
     def shared_failure_tags(self) -> list[str]:
-        """Tags carried by every case that did not pass (a hint at the cause: all failures
-        tagged ``tie`` point at the rounding rule)."""
-        bad = [set(r.tags) for r in self.results if r.status != "pass"]
+        """Tags carried by every failing case (a hint at the cause: all failures tagged
+        ``tie`` point at the rounding rule); cases whose backend raised are not failures."""
+        bad = [set(r.tags) for r in self.results if r.status == "fail"]
         return sorted(set.intersection(*bad)) if bad else []
 
     def summary(self) -> str:
         n = len(self.results)
         return (
             f"{n} case{'s' if n != 1 else ''}: {self.count('pass')} passed, "
-            f"{self.count('fail')} failed, {self.count('error')} errors (backend {self.backend})"
+            f"{self.count('fail')} failed, {self.count('error')} "
+            f"error{'s' if self.count('error') != 1 else ''} (backend {self.backend})"
         )
 
 

@@ -53,6 +53,8 @@ def _feeds(data: Path, fp32_model, samples: int | None) -> list[dict]:
         except (OSError, ValueError) as exc:
             raise SdkError(f"{data}: cannot read: {exc}") from None
         if len(arrays) == len(names):
+            for name, a in arrays.items():
+                _check_array(data, fp32_model, name, a)
             n = min(len(a) for a in arrays.values())
             n = min(n, samples) if samples else n
             return [{k: a[i : i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
@@ -61,6 +63,23 @@ def _feeds(data: Path, fp32_model, samples: int | None) -> list[dict]:
     if not feeds:
         raise SdkError(f"{data}: no samples")
     return feeds
+
+
+def _check_array(data: Path, model, name: str, a) -> None:
+    """One line naming the file and the input when ``a`` does not fit the model input."""
+    import numpy as np
+    from onnx import helper
+
+    vi = next(i for i in model.graph.input if i.name == name)
+    tt = vi.type.tensor_type
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    fits = a.dtype == dtype and a.ndim == len(dims)
+    fits = fits and all(d is None or d == s for d, s in zip(dims[1:], a.shape[1:], strict=False))
+    if not fits:
+        want = ",".join("?" if d is None else str(d) for d in dims)
+        got = ",".join(map(str, a.shape))
+        raise SdkError(f"{data}: input '{name}' expects {dtype} [{want}], got {a.dtype} [{got}]")
 
 
 @click.command(

@@ -123,3 +123,11 @@ def test_validate_refuses_a_float_model_as_the_quantized_one(runner, work) -> No
     res = runner.invoke(cli, ["validate", str(work["model"]), "--fp32", str(work["model"]),
                               "--data", str(work["calib"])])  # fmt: skip
     assert_user_error(res, "m.onnx", "no quantized tensors")
+
+
+def test_validate_names_the_data_file_on_a_shape_mismatch(runner, work, tmp_path) -> None:
+    bad = tmp_path / "wshape.npz"
+    np.savez(bad, input=np.zeros((4, 3, 5), np.float32), label=np.zeros(4))
+    res = runner.invoke(cli, ["validate", str(work["quant"]), "--fp32", str(work["model"]),
+                              "--data", str(bad)])  # fmt: skip
+    assert_user_error(res, "wshape.npz", "input 'input'", "[4,3,5]")

@@ -112,7 +112,28 @@ def per_tensor_recipe(
                 index.set_init(name, value)
     if out is model:
         out = _copy(model)
+    applied = [
+        step
+        for step, on in (
+            ("equalization", equalization),
+            ("weight_rounding", weight_rounding and data is not None),
+            ("bias_correction", bias_correction and data is not None),
+        )
+        if on
+    ]
+    if applied:
+        _record(out, applied)
     return out
+
+
+#: Metadata key naming the steps the recipe applied (kept by the quantizer's output).
+METADATA_KEY = "systolic_sdk.float_prep"
+
+
+def _record(model: onnx.ModelProto, steps: list[str]) -> None:
+    props = {p.key: p.value for p in model.metadata_props}
+    props[METADATA_KEY] = ",".join(steps)
+    onnx.helper.set_model_props(model, props)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

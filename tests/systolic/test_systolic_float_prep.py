@@ -131,3 +131,10 @@ def test_cli_refuses_the_flags_in_dynamic_mode(digits_model_path: Path, tmp_path
         "error: --equalization, --weight-rounding and --bias-correction apply to static mode only"
     ]
     assert not out.exists()
+
+
+def test_the_quantized_model_records_the_applied_steps(digits_model, calib, plain) -> None:
+    default = _quantize(digits_model, calib, backend="systolic")
+    props = {p.key: p.value for p in default.metadata_props}
+    assert props["systolic_sdk.float_prep"] == "weight_rounding,bias_correction"
+    assert "systolic_sdk.float_prep" not in {p.key for p in plain.metadata_props}

@@ -54,6 +54,9 @@ def test_equalization_alone_is_equalize() -> None:
     out = per_tensor_recipe(
         model, _calib(rng), equalization=True, bias_correction=False, weight_rounding=False
     )
+    props = {p.key: p.value for p in out.metadata_props}
+    assert props == {"systolic_sdk.float_prep": "equalization"}  # what was applied
+    del out.metadata_props[:]
     assert out.SerializeToString() == equalize(model).SerializeToString()
 
 

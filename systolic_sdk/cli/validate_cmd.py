@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import click
-import numpy as np
 
 from systolic_sdk.cli.common import CONTEXT_SETTINGS, say, sdk_errors
 from systolic_sdk.errors import SdkError
@@ -36,50 +35,10 @@ def _fmt_div(d) -> str:
 
 
 def _feeds(data: Path, fp32_model, samples: int | None) -> list[dict]:
-    """Feed dicts of at most 100 samples each: an .npz holding every model input by name
-    (other arrays, e.g. labels, are ignored), else any calibration data source."""
-    import numpy as np
+    """Feed dicts of at most 100 samples each (see ``calibration.samples.load_samples``)."""
+    from systolic_sdk.calibration.samples import batches, load_samples
 
-    from systolic_sdk.calibration import open_source
-
-    batch = max(1, min(samples or 100, 100))
-    names = [i.name for i in fp32_model.graph.input]
-    inits = {t.name for t in fp32_model.graph.initializer}
-    names = [n for n in names if n not in inits]
-    if data.is_file() and data.suffix == ".npz":
-        try:
-            with np.load(data) as z:
-                arrays = {n: z[n] for n in names if n in z.files}
-        except (OSError, ValueError) as exc:
-            raise SdkError(f"{data}: cannot read: {exc}") from None
-        if len(arrays) == len(names):
-            for name, a in arrays.items():
-                _check_array(data, fp32_model, name, a)
-            n = min(len(a) for a in arrays.values())
-            n = min(n, samples) if samples else n
-            return [{k: a[i : i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
-    reader = open_source(data, fp32_model, dataset_size=samples, batch_size=batch)
-    feeds = [dict(f) for f in reader]
-    if not feeds:
-        raise SdkError(f"{data}: no samples")
-    return feeds
-
-
-def _check_array(data: Path, model, name: str, a) -> None:
-    """One line naming the file and the input when ``a`` does not fit the model input."""
-    import numpy as np
-    from onnx import helper
-
-    vi = next(i for i in model.graph.input if i.name == name)
-    tt = vi.type.tensor_type
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-    fits = a.dtype == dtype and a.ndim == len(dims)
-    fits = fits and all(d is None or d == s for d, s in zip(dims[1:], a.shape[1:], strict=False))
-    if not fits:
-        want = ",".join("?" if d is None else str(d) for d in dims)
-        got = ",".join(map(str, a.shape))
-        raise SdkError(f"{data}: input '{name}' expects {dtype} [{want}], got {a.dtype} [{got}]")
+    return batches(load_samples(data, fp32_model, samples), 100)
 
 
 @click.command(
@@ -136,8 +95,6 @@ def validate_command(
     fmodel = load_model(fp32_path)
     check_roles(qmodel, quant_model, fmodel, fp32_path)
     feeds = _feeds(data, fmodel, samples)
-    if not feeds or not any(np.shape(next(iter(f.values())))[0] for f in feeds if f):
-        raise SdkError(f"{data}: no samples")
     try:
         report = validate(qmodel, fmodel, feeds)
     except SdkError:

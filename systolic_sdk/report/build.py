@@ -37,19 +37,19 @@ from runtime_emulator.array import (
     total_utilization,
 )
 from runtime_emulator.executor import Executor, resolve_target, topological_order
-from systolic_sdk.errors import SdkError
-from systolic_sdk.graph.io import load_model
-from systolic_sdk.report.accumulators import input_absmax, layer_accumulators
-from systolic_sdk.report.exactness import check_exactness, ort_session
-from systolic_sdk.report.mapping import QuantPoint, qparams, quant_points, reference_values
-from systolic_sdk.report.reference import choose_reference
-from systolic_sdk.report.samples import (
+from systolic_sdk.calibration.samples import (
     Feed,
     batches,
     fixed_batch,
     load_samples,
     sample_count,
 )
+from systolic_sdk.errors import SdkError
+from systolic_sdk.graph.io import load_model
+from systolic_sdk.report.accumulators import input_absmax, layer_accumulators
+from systolic_sdk.report.exactness import check_exactness, ort_session
+from systolic_sdk.report.mapping import QuantPoint, qparams, quant_points, reference_values
+from systolic_sdk.report.reference import choose_reference
 from systolic_sdk.report.stats import ClippedHistogram, Extremes, SqnrSum
 
 SCHEMA = "systolic-sdk-report/1"

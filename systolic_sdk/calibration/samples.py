@@ -1,4 +1,4 @@
-"""Input samples for the report: read once, then cut into batches."""
+"""Input samples read whole (for validate and report), then cut into batches."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def load_samples(data: Path, model: onnx.ModelProto, max_samples: int | None) ->
             with np.load(data) as z:
                 if all(n in z.files for n in names):
                     arrays = {n: z[n] for n in names}
+                    for name, a in arrays.items():
+                        _check_fits(data, model, name, a)
                     n = min(len(a) for a in arrays.values()) if arrays else 0
                     if max_samples:
                         n = min(n, max_samples)
@@ -53,6 +55,20 @@ def load_samples(data: Path, model: onnx.ModelProto, max_samples: int | None) ->
     if max_samples:
         out = {k: v[:max_samples] for k, v in out.items()}
     return out
+
+
+def _check_fits(data: Path, model: onnx.ModelProto, name: str, a: np.ndarray) -> None:
+    """One line naming the file and the input when ``a`` does not fit the model input."""
+    vi = next(i for i in model.graph.input if i.name == name)
+    tt = vi.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    fits = a.dtype == dtype and a.ndim == len(dims)
+    fits = fits and all(d is None or d == s for d, s in zip(dims[1:], a.shape[1:], strict=False))
+    if not fits:
+        want = ",".join("?" if d is None else str(d) for d in dims)
+        got = ",".join(map(str, a.shape))
+        raise SdkError(f"{data}: input '{name}' expects {dtype} [{want}], got {a.dtype} [{got}]")
 
 
 def sample_count(samples: Feed) -> int:

@@ -176,3 +176,27 @@ def require_float_model(model: onnx.ModelProto, what: str) -> None:
         raise SdkError(f"{what}: expected an onnx.ModelProto, got {type(model).__name__}")
     if not model.graph.node:
         raise SdkError(f"{what}: the model has no nodes")
+
+
+def probe_session(model: onnx.ModelProto, names: list[str], what: str):
+    """An onnxruntime session of ``model`` that also outputs the float tensors ``names``
+    (the model is not modified); ``what`` names the caller in the one-line error."""
+    import copy
+
+    import onnxruntime as ort
+
+    probe = copy.deepcopy(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(
+                helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        raise SdkError(f"{what}: onnxruntime cannot load the model ({exc})") from None

@@ -38,6 +38,7 @@ from systolic_sdk.transforms._graph import (
     attr,
     linear_layer,
     node_label,
+    probe_session,
     require_float_model,
     set_attr,
 )
@@ -260,20 +261,8 @@ def _input_means(
     ``rename``: where a layer reads a fake-quantized copy of its input instead.
     """
     rename = rename or {}
-    probe = copy.deepcopy(model)
-    existing = {o.name for o in probe.graph.output}
     wanted = list(dict.fromkeys(rename.get(la.node.input[0], la.node.input[0]) for la in layers))
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(
-            probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
-        raise SdkError(f"correct_bias: onnxruntime cannot load the model ({exc})") from None
+    sess = probe_session(model, wanted, "correct_bias")
     is_conv = {rename.get(la.node.input[0], la.node.input[0]): la.op == "Conv" for la in layers}
     means = {name: _Mean() for name in wanted}
     input_names = {i.name for i in sess.get_inputs()}

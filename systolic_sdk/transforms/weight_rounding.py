@@ -34,8 +34,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from runtime_emulator.datapath import F32, rne, saturate
 from systolic_sdk.errors import SdkError
@@ -45,6 +44,7 @@ from systolic_sdk.transforms._graph import (
     attr,
     linear_layer,
     node_label,
+    probe_session,
     require_float_model,
 )
 from systolic_sdk.transforms.bias_correction import CalibrationData, _FeedSource
@@ -200,20 +200,8 @@ def _measure(
     max_positions: int,
 ) -> None:
     """Accumulate H = sum x x^T over the calibration patches of every layer's input."""
-    probe = copy.deepcopy(model)
-    existing = {o.name for o in probe.graph.output}
     wanted = list(dict.fromkeys(la.layer.node.input[0] for la in layers))
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(
-            probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
-        raise SdkError(f"round_weights: onnxruntime cannot load the model ({exc})") from None
+    sess = probe_session(model, wanted, "round_weights")
     by_input: dict[str, list[_Layer]] = {}
     for la in layers:
         by_input.setdefault(la.layer.node.input[0], []).append(la)

@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime_emulator.datapath import F32, dequantize_linear, rne, saturate
+from systolic_sdk.backends.systolic.params import weight_scale
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
 from systolic_sdk.errors import SdkError
 from systolic_sdk.transforms._graph import (
@@ -57,7 +58,7 @@ def fake_quantize_per_tensor(w: np.ndarray, name: str = "") -> np.ndarray:
     m = float(np.max(np.abs(w64))) if w64.size else 0.0
     if m == 0.0:
         return np.zeros(w64.shape, dtype=F32)
-    scale = 2.0 * m / 254.0
+    scale = weight_scale(m)
     q = saturate(rne(w64 / scale), np.int8)
     return dequantize_linear(q, F32(scale))
 
@@ -66,7 +67,7 @@ def fake_quantize_per_channel(w: np.ndarray, axis: int = 0) -> np.ndarray:
     """Per-channel analogue of ``fake_quantize_per_tensor`` (one scale per index of ``axis``)."""
     w64 = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
     m = np.abs(w64.reshape(w64.shape[0], -1)).max(axis=1)
-    scale = np.where(m > 0, 2.0 * m / 254.0, 1.0)
+    scale = np.where(m > 0, weight_scale(m), 1.0)
     q = saturate(rne(w64 / scale.reshape((-1,) + (1,) * (w64.ndim - 1))), np.int8)
     deq = dequantize_linear(q, scale.astype(F32), 0, axis=0)
     return np.moveaxis(deq, 0, axis)

@@ -37,6 +37,7 @@ import onnx
 from onnx import numpy_helper
 
 from runtime_emulator.datapath import F32, rne, saturate
+from systolic_sdk.backends.systolic.params import weight_scale
 from systolic_sdk.errors import SdkError
 from systolic_sdk.transforms._graph import (
     GraphIndex,
@@ -68,7 +69,7 @@ class _Layer:
 
 def grid_scale(threshold: float) -> float:
     """The per-tensor weight scale (float64) whose int8 grid ends at ``threshold``."""
-    return 2.0 * threshold / 254.0
+    return weight_scale(threshold)
 
 
 def snap_to_grid(q: np.ndarray, scale: float) -> np.ndarray:

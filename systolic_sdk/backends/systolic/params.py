@@ -43,6 +43,11 @@ def activation_params(
     return QuantParams(scale, np.int64(0), QuantType.QInt8)
 
 
+def weight_scale(absmax: float | np.ndarray) -> float | np.ndarray:
+    """The spec-7 weight scale ``2 * max|w| / 254`` in float64 (one value, or per channel)."""
+    return 2.0 * absmax / 254.0
+
+
 def weight_params(
     w: np.ndarray,
     qtype: QuantType,
@@ -56,7 +61,7 @@ def weight_params(
     absmax = float(np.abs(w64).max()) if w64.size else 0.0
     if not np.isfinite(absmax):
         raise ValueError("weights have non-finite values")
-    exact = 2.0 * absmax / 254.0 if absmax > 0 else 1.0
+    exact = weight_scale(absmax) if absmax > 0 else 1.0
     return WeightParams(F32(exact), np.int64(0), QuantType.QInt8, None, exact)
 
 

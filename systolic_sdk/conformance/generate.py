@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from systolic_sdk.conformance.ties import (
     rne_policy,
 )
 from systolic_sdk.errors import SdkError
+from systolic_sdk.graph.io import atomic_dir
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "systolic-sdk-conformance"
@@ -219,8 +218,7 @@ def generate_suite(
     chosen = select_ops(ops)
     out = Path(out)
     _prepare_out(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
-    try:
+    with atomic_dir(out) as tmp:
         entries = []
         for corner in (c for c in CORNERS if c.op in chosen):
             for index in range(count):
@@ -244,10 +242,4 @@ def generate_suite(
             "cases": entries,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

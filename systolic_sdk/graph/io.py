@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -137,6 +141,32 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
     data = model.SerializeToString()
     write_bytes_atomic(out, data)
     return out
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary sibling folder to fill; when the block ends without error it replaces
+    ``out`` (an earlier folder there is removed), on any error it is removed instead."""
+    out = Path(out).resolve()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give what mkdir would
+        yield tmp
+        if out.is_dir():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -13,7 +13,6 @@ Work, over the samples cut into batches:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from collections.abc import Mapping
@@ -45,7 +44,7 @@ from systolic_sdk.calibration.samples import (
     sample_count,
 )
 from systolic_sdk.errors import SdkError
-from systolic_sdk.graph.io import load_model
+from systolic_sdk.graph.io import load_model, sha256_file
 from systolic_sdk.report.accumulators import input_absmax, layer_accumulators
 from systolic_sdk.report.exactness import check_exactness, ort_session
 from systolic_sdk.report.mapping import QuantPoint, qparams, quant_points, reference_values
@@ -68,14 +67,6 @@ class _Layer:
     acc_hi: int | None = None
     x_absmax: int = 0
     note: str | None = None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _num(x: float | None) -> float | str | None:
@@ -214,9 +205,9 @@ def build_report(
             meta={
                 "schema": SCHEMA,
                 "model": str(quant_model),
-                "model_sha256": _sha256(quant_model),
+                "model_sha256": sha256_file(quant_model),
                 "fp32_model": str(fp32_model),
-                "fp32_sha256": _sha256(fp32_model),
+                "fp32_sha256": sha256_file(fp32_model),
                 "fp32_reference": reference.label,
                 "weight_sqnr_db": {k: _num(v) for k, v in reference.weight_sqnr_db.items()},
                 "data": str(data),

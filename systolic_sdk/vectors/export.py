@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from runtime_emulator.io import load_input_sets
-from systolic_sdk.graph.io import check_output_dir, load_model
+from systolic_sdk.graph.io import atomic_dir, check_output_dir, load_model
 from systolic_sdk.vectors.extract import LayerVectors, VectorError, check_systolic, extract_layers
 from systolic_sdk.vectors.manifest import (
     MANIFEST_NAME,
@@ -138,10 +136,7 @@ def export_vectors(
     layers, graph_outputs = extract_layers(model, feeds)
     model_sha = sha256_hex(model_bytes if model_bytes is not None else model.SerializeToString())
     n = int(next(iter(feeds.values())).shape[0])
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{out.resolve().name}.", suffix=".tmp", dir=out.resolve().parent)
-    )
-    try:
+    with atomic_dir(out) as tmp:
         entries = [
             layer_entry(lv, _layer_files(tmp, lv, formats), layer_prefix(lv)) for lv in layers
         ]
@@ -161,10 +156,4 @@ def export_vectors(
             header = files[0]
         man = manifest(model_sha, n, formats, entries, out_entries, header)
         (tmp / MANIFEST_NAME).write_text(json.dumps(man, indent=2) + "\n")
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return man

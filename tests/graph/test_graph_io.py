@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -35,3 +36,26 @@ def test_output_equal_to_input_is_refused(tmp_path: Path, tiny_model) -> None:
     with pytest.raises(SdkError, match="m.onnx"):
         check_output_path(src, src)
     assert src.read_bytes() == before
+
+
+def test_atomic_dir_replaces_on_success_and_leaves_nothing_on_error(tmp_path: Path) -> None:
+    from systolic_sdk.graph.io import atomic_dir, sha256_file
+
+    out = tmp_path / "suite"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+    finally:
+        os.umask(old)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # 0777 & ~027, not mkdtemp's 0700
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["suite"]  # no temporary folder left
+    assert sha256_file(out / "new.txt") == hashlib.sha256(b"new").hexdigest()

@@ -257,10 +257,7 @@ class HistogramStats:
         when already known."""
         if values.size == 0:
             return
-        if values.dtype not in (np.float32, np.float64):
-            values = values.astype(np.float32)
-        if vmin is None or vmax is None:
-            vmin, vmax = float(values.min()), float(values.max())
+        values, vmin, vmax = _float_values(values, vmin, vmax)
         layout = self._grown(vmin, vmax)
         e, lo_i, hi_i = layout[:3]
         self._commit(layout, bin_counts(values, e, lo_i, hi_i - lo_i + 1))
@@ -358,10 +355,7 @@ def update_clipped(
     """
     if values.size == 0:
         return
-    if values.dtype not in (np.float32, np.float64):
-        values = values.astype(np.float32)
-    if vmin is None or vmax is None:
-        vmin, vmax = float(values.min()), float(values.max())
+    values, vmin, vmax = _float_values(values, vmin, vmax)
     ext = [(clip_value(vmin, b), clip_value(vmax, b)) for b in bounds]
     layouts = [h._grown(lo, hi) for h, (lo, hi) in zip(hists, ext, strict=True)]
     fine = min(lay[0] for lay in layouts)
@@ -407,3 +401,14 @@ def merge_all(parts: list[dict[str, TensorStats]]) -> dict[str, TensorStats]:
         for name, st in part.items():
             out[name] = out[name].merge(st) if name in out else st
     return out
+
+
+def _float_values(
+    values: np.ndarray, vmin: float | None, vmax: float | None
+) -> tuple[np.ndarray, float, float]:
+    """``values`` as float32/float64 with their extremes (computed unless both given)."""
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float32)
+    if vmin is None or vmax is None:
+        vmin, vmax = float(values.min()), float(values.max())
+    return values, vmin, vmax

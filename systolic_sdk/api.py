@@ -26,7 +26,7 @@ from typing import Any
 
 import onnx
 
-from systolic_sdk.calibration.reader import CalibrationDataReader
+from systolic_sdk.calibration.reader import CalibrationDataReader, replayable
 from systolic_sdk.errors import QuantizationError, SdkError
 from systolic_sdk.graph.io import check_output_path, load_model, save_model, write_bytes_atomic
 from systolic_sdk.quantization.config import QuantConfig, TensorOverride
@@ -359,7 +359,7 @@ def _run(
 
         backend = get_backend(config.backend)
         if backend.float_prep is not None:
-            reader = _replayable(reader)
+            reader = replayable(reader)
         transformed = backend.prepare_float(prepared, reader, config)
         if transformed is not prepared:  # new nodes: names, shapes
             prepared = prepare_model(transformed, config)
@@ -391,38 +391,6 @@ def _run(
     if out is not None:
         save_output(quantized, out)
     return quantized
-
-
-class _Replay(CalibrationDataReader):
-    """A reader without ``rewind()`` made re-readable by keeping the feeds it gave."""
-
-    def __init__(self, reader: CalibrationDataReader) -> None:
-        self._source: CalibrationDataReader | None = reader
-        self._seen: list[dict[str, Any]] = []
-        self._pos = 0
-        self.collect_options = getattr(reader, "collect_options", None) or {}
-
-    def get_next(self) -> dict[str, Any] | None:
-        if self._pos < len(self._seen):
-            self._pos += 1
-            return self._seen[self._pos - 1]
-        feed = self._source.get_next() if self._source is not None else None
-        if feed is None:
-            self._source = None
-            return None
-        self._seen.append(feed)
-        self._pos += 1
-        return feed
-
-    def rewind(self) -> None:
-        self._pos = 0
-
-
-def _replayable(reader: CalibrationDataReader | None) -> CalibrationDataReader | None:
-    """``reader`` if it can rewind, else a wrapper that replays what it read."""
-    if reader is None or callable(getattr(reader, "rewind", None)):
-        return reader
-    return _Replay(reader)
 
 
 def save_output(model: onnx.ModelProto, out: PathLike) -> Path:

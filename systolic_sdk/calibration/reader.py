@@ -55,3 +55,39 @@ class ArrayReader(CalibrationDataReader):
 
     def __len__(self) -> int:
         return -(-self._n // self._batch)
+
+
+class ReplayReader(CalibrationDataReader):
+    """A reader without ``rewind()`` made re-readable: the feeds it gives are kept as
+    they are read (so memory grows with the samples) and replayed after a rewind."""
+
+    def __init__(self, reader: CalibrationDataReader) -> None:
+        self._source: CalibrationDataReader | None = reader
+        self._seen: list[dict[str, np.ndarray]] = []
+        self._pos = 0
+        self.collect_options = getattr(reader, "collect_options", None) or {}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos < len(self._seen):
+            self._pos += 1
+            return self._seen[self._pos - 1]
+        feed = self._source.get_next() if self._source is not None else None
+        if feed is None:
+            self._source = None
+            return None
+        self._seen.append(feed)
+        self._pos += 1
+        return feed
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._seen) if self._source is None else len(self._source)
+
+
+def replayable(reader):
+    """``reader`` itself when it can rewind (or is not a reader), else a ReplayReader."""
+    if not hasattr(reader, "get_next") or callable(getattr(reader, "rewind", None)):
+        return reader
+    return ReplayReader(reader)

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime_emulator.datapath import F32, dequantize_linear, rne, saturate
 from systolic_sdk.backends.systolic.params import weight_scale
-from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
+from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader, replayable
 from systolic_sdk.errors import SdkError
 from systolic_sdk.transforms._graph import (
     GraphIndex,
@@ -154,7 +154,6 @@ class _FeedSource:
     def __init__(self, model: onnx.ModelProto, data: CalibrationData, batch_size: int) -> None:
         init_names = {t.name for t in model.graph.initializer}
         inputs = [i.name for i in model.graph.input if i.name not in init_names]
-        self._cache: list[dict[str, np.ndarray]] | None = None
         self._reader: CalibrationDataReader | None = None
         if isinstance(data, np.ndarray):
             if len(inputs) != 1:
@@ -168,9 +167,7 @@ class _FeedSource:
                 raise SdkError(f"correct_bias: no calibration data for input '{missing[0]}'")
             self._reader = ArrayReader(dict(data), batch_size)
         elif isinstance(data, CalibrationDataReader) or hasattr(data, "get_next"):
-            self._reader = data  # type: ignore[assignment]
-            if not hasattr(data, "rewind"):
-                self._cache = list(_drain(data))
+            self._reader = replayable(data)
         else:
             raise SdkError(
                 "correct_bias: calibration data must be a CalibrationDataReader, "
@@ -178,8 +175,6 @@ class _FeedSource:
             )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        if self._cache is not None:
-            return iter(self._cache)
         reader = self._reader
         reader.rewind()  # type: ignore[union-attr]
         return _drain(reader)  # type: ignore[arg-type]

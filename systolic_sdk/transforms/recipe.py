@@ -10,12 +10,12 @@ with it), so it is off by default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
-from systolic_sdk.calibration.reader import CalibrationDataReader
+from systolic_sdk.calibration.reader import replayable
 from systolic_sdk.transforms._graph import GraphIndex, require_float_model
 from systolic_sdk.transforms.bias_correction import (
     CalibrationData,
@@ -24,41 +24,6 @@ from systolic_sdk.transforms.bias_correction import (
 )
 from systolic_sdk.transforms.equalization import equalize
 from systolic_sdk.transforms.weight_rounding import Clip, grid_weights, round_weights
-
-
-class _ListReader(CalibrationDataReader):
-    """Feeds kept in memory from a reader that cannot rewind, replayable."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-        self._pos = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._pos >= len(self._feeds):
-            return None
-        self._pos += 1
-        return self._feeds[self._pos - 1]
-
-    def rewind(self) -> None:
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._feeds)
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self._feeds)
-
-
-def _replayable(data: CalibrationData) -> CalibrationData:
-    """``data`` itself when it can be read more than once, else its feeds in memory."""
-    if isinstance(data, np.ndarray | Mapping) or hasattr(data, "rewind"):
-        return data
-    if hasattr(data, "get_next"):
-        feeds = []
-        while (feed := data.get_next()) is not None:
-            feeds.append(feed)
-        return _ListReader(feeds)
-    return data  # the passes raise the one-line error
 
 
 def per_tensor_recipe(
@@ -95,7 +60,7 @@ def per_tensor_recipe(
     if equalization:
         out = equalize(out)
     if data is not None and (weight_rounding or bias_correction):
-        data = _replayable(data)
+        data = replayable(data)  # read more than once
         grid: Mapping[str, np.ndarray] = {}
         if weight_rounding:
             grid = grid_weights(round_weights(out, data, clip=weight_clip))

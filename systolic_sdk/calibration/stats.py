@@ -232,21 +232,23 @@ class HistogramStats:
     def _grown(self, vmin: float, vmax: float) -> tuple[int, int, int, float, float]:
         """Layout ``(exponent, first bin, last bin)`` and range after adding [vmin, vmax]."""
         new_min, new_max = min(self.min, vmin), max(self.max, vmax)
-        if self.total and new_min == self.min and new_max == self.max:
+        if new_min == self.min and new_max == self.max and self.total:
             hi_i = self.offset + self.counts.size - 1
             return self.exponent, self.offset, hi_i, new_min, new_max
         return (*self._layout(new_min, new_max), new_min, new_max)
 
-    def _commit(self, layout: tuple[int, int, int, float, float], batch: np.ndarray) -> None:
-        """Adopt ``layout`` and add ``batch`` (counts on its bins)."""
+    def _commit(
+        self, layout: tuple[int, int, int, float, float], batch: np.ndarray, at: int = 0
+    ) -> None:
+        """Adopt ``layout`` and add ``batch``: counts of its bins ``first + at ...``."""
         e, lo_i, hi_i, new_min, new_max = layout
-        if not self.total:
+        if (e, lo_i, hi_i) == (self.exponent, self.offset, self.offset + self.counts.size - 1):
+            counts = self.counts
+        elif not self.total:
             counts = np.zeros(hi_i - lo_i + 1, np.int64)
-        elif (e, lo_i, hi_i) == (self.exponent, self.offset, self.offset + self.counts.size - 1):
-            counts = self.counts.copy()
         else:
             counts = self._rebin(e, lo_i, hi_i)
-        counts += batch
+        counts[at : at + batch.size] += batch
         self.exponent, self.offset, self.counts = e, lo_i, counts
         self.min, self.max = new_min, new_max
 
@@ -367,15 +369,28 @@ def update_clipped(
             h.update(clip_values(values, b), lo, hi)
         return
     counts = bin_counts(values, fine, first, last - first + 1)
-    nz = np.flatnonzero(counts)
-    idx = nz + first
-    weights = counts[nz].astype(np.float64)  # counts below 2**53: exact
     for h, lay, (lo, hi) in zip(hists, layouts, ext, strict=True):
-        e, lo_i, hi_i = lay[:3]
-        clipped = np.clip(idx, bin_index(lo, fine), bin_index(hi, fine))
-        target = (clipped >> (e - fine)) - lo_i
-        batch = np.bincount(target, weights=weights, minlength=hi_i - lo_i + 1)
-        h._commit(lay, batch.astype(np.int64))
+        part, start = _clipped_coarse(
+            counts, first, bin_index(lo, fine), bin_index(hi, fine), lay[0] - fine
+        )
+        h._commit(lay, part, start - lay[1])
+
+
+def _clipped_coarse(
+    counts: np.ndarray, first: int, lo: int, hi: int, shift: int
+) -> tuple[np.ndarray, int]:
+    """``counts`` (bins ``first ...``) with bins below ``lo`` / above ``hi`` moved onto them,
+    then grouped ``2**shift`` at a time: ``(counts of coarse bins start ..., start)``."""
+    a, z = lo - first, hi - first
+    part = counts[a : z + 1].copy()
+    part[0] += counts[:a].sum()
+    part[-1] += counts[z + 1 :].sum()
+    if shift == 0:
+        return part, lo
+    g0, g1 = lo >> shift, hi >> shift
+    starts = np.arange(g0, g1 + 1, dtype=np.int64) << shift
+    starts[0] = lo
+    return np.add.reduceat(part, starts - lo), g0
 
 
 @dataclass

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import ort_engine
 from runtime_emulator.executor import Executor, topological_order
 from systolic_sdk.errors import SdkError
 
@@ -361,7 +362,9 @@ def validate(
     lowering: Lowering | None = None,
 ) -> ValidationReport:
     """Compare the emulator's run of ``quant_model`` with its lowering in onnxruntime on
-    every feed dict, tensor by tensor, and its outputs with ``fp32_model``'s."""
+    every feed dict, tensor by tensor, and its outputs with ``fp32_model``'s. The emulator
+    side always runs the NumPy datapath (engine ``numpy``), so onnxruntime is never
+    compared with itself."""
     lowered = (lowering or _default_lowering)(quant_model)
     lowered_all = _with_all_outputs(lowered)
     lowered_outputs = {o.name for o in lowered.graph.output}
@@ -379,7 +382,8 @@ def validate(
     outputs_q: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
     outputs_f: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
     for k, feeds in enumerate(feeds_list):
-        emu = {**consts, **executor.run(feeds, trace=True)}
+        with ort_engine.using("numpy"):
+            emu = {**consts, **executor.run(feeds, trace=True)}
         low = _ort_run(lowered_all, feeds, "the lowered model")
         diverged: set[str] = set()
         for node in order:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import ort_engine
 from runtime_emulator.conv_blocks import ConvWeights, conv_requantize, prepare_conv_weights
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import (
@@ -111,18 +112,74 @@ def qlinear_conv_nchw(
     if bias is not None and (bias.dtype != np.int32 or bias.shape != (m,)):
         raise fail(ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}")
     geometry = conv_geometry(x, w, attrs, ctx)
+    multiplier = dp.requant_multiplier(x_scale, w_scale, y_scale)
+    relu = bool(attrs.get("relu", 0))
+    layer = _compiled_layer(
+        inputs, x, (x_scale, w_scale, y_scale), (x_zp, w_zp, y_zp), y_dtype, relu, geometry, ctx
+    )
+    if layer is not None:
+        return layer(x)
     wc, prepared = _weights(w, w_zp, inputs, ctx)
     return conv_requantize(
         _centered(x, x_zp),
         wc,
         bias,
-        dp.requant_multiplier(x_scale, w_scale, y_scale),
+        multiplier,
         y_dtype,
         y_zp,
-        bool(attrs.get("relu", 0)),
+        relu,
         weights=prepared,
         **geometry,
     )
+
+
+def _compiled_layer(
+    inputs: Sequence[np.ndarray | None],
+    x: np.ndarray,
+    scales: tuple[np.ndarray, np.ndarray, np.ndarray],
+    zero_points: tuple[np.ndarray, np.ndarray, np.ndarray],
+    y_dtype: np.dtype,
+    relu: bool,
+    geometry: dict[str, Any],
+    ctx: KernelContext,
+) -> ort_engine.ConvLayer | None:
+    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
+    made once per node when every operand but ``x`` is a constant and the engine handles
+    the layer; None sends the call to the NumPy datapath."""
+    x_zp, w_zp, y_zp = zero_points
+    if ort_engine.engine() == "numpy" or x.size == 0 or w_zp.size != 1:
+        return None
+    const = ctx.extra.get("constant_inputs", ())
+    operands = tuple(inputs[1:])
+    if any(v is not None and i + 1 not in const for i, v in enumerate(operands)):
+        return None
+    cached = ctx.extra.get("compiled_layer")
+    if (
+        cached is not None
+        and cached[0] == x.dtype
+        and len(cached[1]) == len(operands)
+        and all(a is b for a, b in zip(cached[1], operands, strict=True))
+    ):
+        return cached[2]
+    x_scale, w_scale, y_scale = scales
+    spec = ort_engine.ConvSpec(
+        x_dtype=x.dtype,
+        x_scale=np.asarray(x_scale, np.float32),
+        x_zero_point=int(x_zp.reshape(())),
+        w=inputs[3],
+        w_scale=np.asarray(w_scale, np.float32),
+        w_zero_point=int(w_zp.reshape(())),
+        y_scale=np.asarray(y_scale, np.float32),
+        y_dtype=np.dtype(y_dtype),
+        y_zero_point=int(y_zp.reshape(())),
+        bias=inputs[8] if len(inputs) > 8 else None,
+        relu=relu,
+        **geometry,
+    )
+    layer = ort_engine.conv_layer(spec)
+    # The entry keeps the operand arrays alive: an identity match means the same arrays.
+    ctx.extra["compiled_layer"] = (x.dtype, operands, layer)
+    return layer
 
 
 def _weights(

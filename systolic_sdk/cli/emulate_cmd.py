@@ -172,6 +172,15 @@ Example:
     "observed on these inputs.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["auto", "onnxruntime", "numpy"]),
+    default="auto",
+    show_default=True,
+    help="How conv layers compute: auto takes onnxruntime's integer kernels where they "
+    "passed the bit-exactness self-check on this machine (same bits, faster), numpy the "
+    "emulator's NumPy datapath everywhere; onnxruntime fails if the self-check fails.",
+)
+@click.option(
     "--strict", is_flag=True, help="Exit with code 1 when outputs differ from output_K.pb."
 )
 def emulate(
@@ -182,10 +191,14 @@ def emulate(
     dim: int,
     target: str | None,
     acc_range: str,
+    engine: str,
     strict: bool,
 ) -> None:
+    from runtime_emulator import ort_engine
+
     try:
-        mismatch = _emulate(model, inputs_path, output, trace_dir, dim, target, acc_range)
+        with ort_engine.using(engine):
+            mismatch = _emulate(model, inputs_path, output, trace_dir, dim, target, acc_range)
     except SdkError as exc:
         raise _UserError(str(exc)) from None
     if mismatch and strict:

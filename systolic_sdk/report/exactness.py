@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from runtime_emulator import ort_engine
 from runtime_emulator.executor import Executor, topological_order
 from systolic_sdk.errors import SdkError
 
@@ -126,7 +127,8 @@ def check_direct(
     first: dict[str, dict[str, Any]] = {}
     compared: set[str] = set()
     for k, feeds in enumerate(feeds_list):
-        emu = executor.run(feeds, trace=True)
+        with ort_engine.using("numpy"):  # onnxruntime is the other side
+            emu = executor.run(feeds, trace=True)
         res = sess.run(names, {n: v for n, v in feeds.items() if n in wanted})
         ref = dict(zip(names, res, strict=True))
         for node in order:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import ort_engine
 from runtime_emulator.array import ACCEL_OPS
 from runtime_emulator.executor import Executor, resolve_target
 from runtime_emulator.kernels import KernelContext
@@ -221,7 +222,9 @@ def extract_layers(
     and the graph's outputs."""
     ex = Executor(model, target="systolic")
     layers: list[LayerVectors] = []
-    for rec in ex.iter_nodes(feeds):
+    with ort_engine.using("numpy"):  # golden vectors come from the reference datapath
+        records = list(ex.iter_nodes(feeds))
+    for rec in records:
         if rec.op_type not in LAYER_OPS:
             continue
         ctx = KernelContext(target="systolic", node_name=rec.name or rec.op_type)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from runtime_emulator import datapath
+from runtime_emulator import datapath, ort_engine
 from systolic_sdk.conformance.runners import emulator
 
 _RINT = np.rint
@@ -57,8 +57,9 @@ def half_away_rounding() -> Iterator[None]:
 
 
 def half_away_from_zero(model_path: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """The emulator, rounding half away from zero instead of half to even."""
-    with half_away_rounding():
+    """The emulator's NumPy datapath, rounding half away from zero instead of half to even
+    (the onnxruntime engine would not see the substitution)."""
+    with half_away_rounding(), ort_engine.using("numpy"):
         return emulator(model_path, inputs)
 
 

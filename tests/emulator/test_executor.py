@@ -535,6 +535,7 @@ def test_conv_weights_are_prepared_once_per_model(
 ) -> None:
     from runtime_emulator.kernels import qlinear_conv
 
+    monkeypatch.setenv("SYSTOLIC_EMULATOR_ENGINE", "numpy")  # the NumPy datapath's cache
     calls: list[int] = []
     real = qlinear_conv.prepare_conv_weights
     monkeypatch.setattr(qlinear_conv, "prepare_conv_weights", lambda w: calls.append(1) or real(w))

@@ -1,0 +1,322 @@
+"""The fast engine: QLinearConv layers on onnxruntime's uint8 x int8 kernels, bit for bit.
+
+onnxruntime's CPU QLinearConv computes the spec's steps 2.1-2.5 exactly (measured by
+``tests/emulator/test_differential_ort.py``; ``runtime_emulator/README.md``): the exact
+integer sum wrapped to int32 with the bias, ``M = f32(f32(s_x * s_w) / s_y)`` per output
+channel, ``f32(acc) * M`` in float32, round half to even, add the zero point, saturate.
+Its fastest kernels take uint8 activations, so an int8 layer runs shifted by 128:
+
+- ``x`` int8 with zero point ``z`` is the uint8 ``x ^ 0x80`` (``x + 128``) with zero point
+  ``z + 128``: every ``x - z`` is unchanged, so is every accumulator;
+- an int8 output with zero point ``z`` is computed as uint8 with ``z + 128``:
+  ``sat_u8(r + z + 128) - 128 == sat_i8(r + z)`` for every rounded ``r``, and flipped back
+  (``^ 0x80``); the fused ReLU is ``Max(y, y_zp)`` in the same domain.
+
+What could break that equality is known: on CPUs without AVX-512 VNNI / AVX-VNNI,
+onnxruntime's uint8 x int8 kernels add pairs of byte products in saturating int16
+(``255 * 127 * 2 > 32767``), and another build could requantize differently. So before
+first use :func:`available` runs a self-check of adversarial layers (every product at the
+int16-saturating extreme, long K, ties at .5, output saturation, zero points, per-channel
+scales, groups, depthwise, 1x1, strides, dilations, one output pixel) through the engine
+and through the NumPy datapath's int64 reference, and turns the engine off if a single
+bit differs. The rules themselves live in :mod:`runtime_emulator.datapath`.
+
+Where it applies: int8 or uint8 ``x`` (per-tensor zero point), int8 weights with zero
+point 0 or uint8 weights (per-tensor zero point), per-tensor or per-channel weight
+scales, finite positive scales, int8 or uint8 output, every operand but ``x`` a constant.
+The engine is chosen by :func:`set_engine`, :func:`using` or the
+``SYSTOLIC_EMULATOR_ENGINE`` environment variable: ``auto`` (default: this engine where
+it applies and passes its self-check), ``numpy`` (the NumPy datapath everywhere: the
+validation commands use it, so that they never compare onnxruntime with itself),
+``onnxruntime`` (as ``auto``, but a failed self-check is an error).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime_emulator import datapath as dp
+from runtime_emulator import threads
+from runtime_emulator.errors import EmulatorError
+
+ENGINES = ("auto", "onnxruntime", "numpy")
+ENV_VAR = "SYSTOLIC_EMULATOR_ENGINE"
+
+_state: dict[str, Any] = {"checked": None}
+_local = threading.local()
+_lock = threading.Lock()
+
+
+class EngineError(EmulatorError):
+    """The onnxruntime engine was required but does not give the datapath's bits here."""
+
+
+def engine() -> str:
+    """The engine in force: :func:`using`'s, else :func:`set_engine`'s, else the environment's."""
+    name = getattr(_local, "engine", None) or _state.get("engine")
+    name = name or os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in ENGINES:
+        raise EngineError(f"{ENV_VAR}={name!r}: expected one of {', '.join(ENGINES)}")
+    return name
+
+
+def set_engine(name: str | None) -> None:
+    """Choose ``auto``, ``onnxruntime`` or ``numpy`` for the process; ``None`` goes back to
+    the environment variable."""
+    if name is not None and name not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}")
+    _state["engine"] = name
+
+
+@contextmanager
+def using(name: str) -> Iterator[None]:
+    """Run the enclosed code (in this thread) with engine ``name``."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}")
+    previous = getattr(_local, "engine", None)
+    _local.engine = name
+    try:
+        yield
+    finally:
+        _local.engine = previous
+
+
+def enabled() -> bool:
+    """Whether layers run on onnxruntime (engine not ``numpy`` and the self-check passed)."""
+    name = engine()
+    if name == "numpy":
+        return False
+    ok = available()
+    if not ok and name == "onnxruntime":
+        raise EngineError(
+            "onnxruntime's integer kernels failed the engine's self-check on this machine; "
+            f"use {ENV_VAR}=numpy (or auto)"
+        )
+    return ok
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One QLinearConv layer as the engine needs it (every operand but ``x`` is constant)."""
+
+    x_dtype: np.dtype
+    x_scale: np.ndarray  # float32, one value
+    x_zero_point: int
+    w: np.ndarray  # (M, C/group, *kernel), int8 or uint8
+    w_scale: np.ndarray  # float32, one value or M values
+    w_zero_point: int
+    y_scale: np.ndarray  # float32, one value
+    y_dtype: np.dtype
+    y_zero_point: int
+    bias: np.ndarray | None  # int32 (M,)
+    relu: bool
+    strides: list[int]
+    pads: list[int]
+    dilations: list[int]
+    group: int
+
+
+def _byte_type(dtype: np.dtype) -> bool:
+    return np.dtype(dtype) in (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def applies(spec: ConvSpec) -> bool:
+    """Whether the engine handles this layer (see the module docstring)."""
+    w = spec.w
+    if not (_byte_type(spec.x_dtype) and _byte_type(w.dtype) and _byte_type(spec.y_dtype)):
+        return False
+    if w.dtype == np.int8 and spec.w_zero_point != 0:
+        return False
+    if w.size == 0 or spec.w_scale.size not in (1, w.shape[0]):
+        return False
+    scales = (spec.x_scale, spec.w_scale, spec.y_scale)
+    if not all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales):
+        return False
+    m = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
+    return bool(np.all(np.isfinite(m)))
+
+
+def _as_u8_zero_point(dtype: np.dtype, zero_point: int) -> int:
+    return zero_point + 128 if np.dtype(dtype) == np.int8 else zero_point
+
+
+def _layer_model(spec: ConvSpec) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    u8 = np.uint8
+    y_zp = _as_u8_zero_point(spec.y_dtype, spec.y_zero_point)
+    w_zp_dtype = spec.w.dtype
+    inits = [
+        numpy_helper.from_array(spec.x_scale.astype(np.float32).reshape(()), "x_scale"),
+        numpy_helper.from_array(
+            np.array(_as_u8_zero_point(spec.x_dtype, spec.x_zero_point), u8), "x_zp"
+        ),  # fmt: skip
+        numpy_helper.from_array(np.ascontiguousarray(spec.w), "w"),
+        numpy_helper.from_array(spec.w_scale.astype(np.float32).reshape(-1), "w_scale"),
+        numpy_helper.from_array(np.array(spec.w_zero_point, w_zp_dtype), "w_zp"),
+        numpy_helper.from_array(spec.y_scale.astype(np.float32).reshape(()), "y_scale"),
+        numpy_helper.from_array(np.array(y_zp, u8), "y_zp"),
+    ]
+    if spec.w_scale.size == 1:
+        inits[3] = numpy_helper.from_array(spec.w_scale.astype(np.float32).reshape(()), "w_scale")
+    ins = ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"]
+    if spec.bias is not None:
+        inits.append(numpy_helper.from_array(spec.bias.astype(np.int32).reshape(-1), "b"))
+        ins.append("b")
+    attrs = {
+        "strides": spec.strides,
+        "pads": spec.pads,
+        "dilations": spec.dilations,
+        "group": spec.group,
+    }
+    nodes = [helper.make_node("QLinearConv", ins, ["acc_y" if spec.relu else "y"], **attrs)]
+    if spec.relu:
+        nodes.append(helper.make_node("Max", ["acc_y", "y_zp"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "systolic_conv_layer",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+def _session(model: Any) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads.workers()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # One session per layer: idle pool threads must sleep, not spin against the next layer.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No graph rewrite may change a step (layout changes, fusions).
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _flip(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """int8 <-> uint8 shifted by 128 (``a ^ 0x80``, reinterpreted)."""
+    return np.bitwise_xor(a.view(np.uint8), np.uint8(0x80)).view(dtype)
+
+
+class ConvLayer:
+    """A compiled layer: ``layer(x)`` is the QLinearConv output for 8-bit ``x``."""
+
+    def __init__(self, spec: ConvSpec) -> None:
+        self.spec = spec
+        self._session = _session(_layer_model(spec))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        x_u8 = _flip(x, np.dtype(np.uint8)) if x.dtype == np.int8 else x
+        y = self._session.run(None, {"x": x_u8})[0]
+        return _flip(y, np.dtype(np.int8)) if self.spec.y_dtype == np.int8 else y
+
+
+def conv_layer(spec: ConvSpec) -> ConvLayer | None:
+    """The compiled layer, or None when the engine is off or does not handle the layer."""
+    if not applies(spec) or not enabled():
+        return None
+    return ConvLayer(spec)
+
+
+# --- self-check ------------------------------------------------------------------------
+
+
+def _check_cases(rng: np.random.Generator) -> list[tuple[ConvSpec, np.ndarray]]:
+    """Adversarial layers for the self-check (see the module docstring)."""
+    cases: list[tuple[ConvSpec, np.ndarray]] = []
+    f32 = np.float32
+
+    def add(x, w, *, sx=0.05, x_zp=0, sw=0.02, w_zp=0, sy=0.1, y=np.int8, y_zp=0, bias=None,
+            relu=False, strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1):  # fmt: skip
+        spec = ConvSpec(
+            x.dtype, np.asarray(sx, f32), x_zp, w, np.asarray(sw, f32), w_zp,
+            np.asarray(sy, f32), np.dtype(y), y_zp,
+            None if bias is None else np.asarray(bias, np.int32), relu,
+            list(strides), list(pads), list(dil), group,
+        )  # fmt: skip
+        cases.append((spec, x))
+
+    x8 = rng.integers(-128, 128, (2, 16, 9, 9)).astype(np.int8)
+    w8 = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
+    b = rng.integers(-(2**20), 2**20, 8)
+    # Multipliers that make many .5 ties (0.5, 0.25, 1/32), odd scale products, saturation.
+    for sx, sw, sy in ((1.0, 1.0, 2.0), (0.5, 0.5, 1.0), (1.0, 1 / 32, 1.0),
+                       (0.0123, 0.0071, 0.0391), (0.3, 0.7, 0.01)):  # fmt: skip
+        add(x8, w8, sx=sx, sw=sw, sy=sy, bias=b)
+    # Every byte product at the int16-saturating extreme (255 * -128 after the shift), long K;
+    # the same through a 1x1 conv and with one output pixel (GEMV-like kernels).
+    for c, k in ((512, 3), (2048, 1)):
+        for xv in (-128, 127):
+            add(np.full((1, c, 4, 4), xv, np.int8), np.full((4, c, k, k), -128, np.int8),
+                sw=1e-3, sy=1e3, pads=(k // 2,) * 4)  # fmt: skip
+    add(np.full((1, 1024, 3, 3), 127, np.int8), np.full((4, 1024, 3, 3), 127, np.int8),
+        sw=1e-3, sy=1e3, pads=(0, 0, 0, 0))  # fmt: skip
+    add(x8, w8, relu=True, sy=0.001)  # saturation both ways, fused ReLU
+    add(x8, w8, x_zp=-3, y_zp=5, relu=True, sw=[0.01 * (i + 1) for i in range(8)])
+    ux = rng.integers(0, 256, (2, 16, 9, 9)).astype(np.uint8)
+    uw = rng.integers(0, 256, (8, 16, 3, 3)).astype(np.uint8)
+    add(ux, uw, x_zp=131, w_zp=7, y=np.uint8, y_zp=120, relu=True)
+    add(ux, w8, x_zp=2, y=np.uint8, y_zp=250, bias=b)
+    add(x8, w8[:, :4], group=4, strides=(2, 1), pads=(0, 1, 2, 0), dil=(2, 1))
+    dw = rng.integers(-128, 128, (16, 1, 3, 3)).astype(np.int8)
+    add(x8, dw, group=16, bias=rng.integers(-1000, 1000, 16), sy=0.02)
+    add(np.full((1, 16, 6, 6), 127, np.int8), np.full((16, 1, 3, 3), -128, np.int8), group=16,
+        sy=1.0)  # fmt: skip
+    add(x8[:, :, 0], w8[:, :, 0], pads=(1, 1), strides=(1,), dil=(1,))  # 1-D
+    return cases
+
+
+def _reference_layer(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
+    """The layer on the NumPy datapath with int64 accumulation (obviously exact)."""
+    acc = dp.conv_accumulate_reference(
+        x.astype(np.int64) - spec.x_zero_point,
+        spec.w.astype(np.int64) - spec.w_zero_point,
+        strides=spec.strides,
+        pads=spec.pads,
+        dilations=spec.dilations,
+        group=spec.group,
+    )
+    shape = (-1,) + (1,) * (acc.ndim - 2)
+    if spec.bias is not None:
+        acc = acc + spec.bias.astype(np.int64).reshape(shape)
+    mult = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
+    mult = mult.reshape(shape) if mult.size > 1 else mult.reshape(())
+    return dp.requantize(dp.wrap32(acc), mult, spec.y_dtype, spec.y_zero_point, spec.relu)
+
+
+def self_check() -> bool:
+    """Run the adversarial layers on the engine and on the reference; True when every bit
+    agrees (False too when onnxruntime is missing or refuses a layer)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    for spec, x in _check_cases(np.random.default_rng(20261123)):
+        try:
+            got = ConvLayer(spec)(x)
+        except Exception:  # noqa: BLE001 - any onnxruntime failure disables the engine
+            return False
+        want = _reference_layer(spec, x)
+        if not applies(spec) or got.dtype != want.dtype or not np.array_equal(got, want):
+            return False
+    return True
+
+
+def available() -> bool:
+    """Whether the engine passed its self-check in this process (run once, on first need)."""
+    if _state["checked"] is None:
+        with _lock:
+            if _state["checked"] is None:
+                _state["checked"] = self_check()
+    return bool(_state["checked"])

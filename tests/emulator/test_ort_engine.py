@@ -1,0 +1,197 @@
+"""The onnxruntime engine (``runtime_emulator.ort_engine``) gives the NumPy datapath's bits.
+
+Differential tests with hypothesis (every QLinearConv form the engine takes, the hard
+cases included), whole real models traced through both engines, the self-check's power to
+catch the hazards it exists for, and engine selection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+
+from runtime_emulator import Executor, ort_engine
+from runtime_emulator.kernels import KernelContext, lookup
+from systolic_sdk.calibration import ArrayReader, calibrate
+from systolic_sdk.cli.emulate_cmd import emulate
+from systolic_sdk.quantization import prepare_model, quantize_model, tensors_to_calibrate
+from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.types import OutputForm
+from tests.emulator.test_differential_ort import SETTINGS, qconv_cases
+
+pytestmark = pytest.mark.skipif(
+    not ort_engine.available(),
+    reason="onnxruntime's integer kernels fail the engine's self-check on this machine "
+    "(the emulator uses its NumPy datapath here)",
+)
+
+
+def _systolic(model: onnx.ModelProto, calib: np.ndarray, **options) -> onnx.ModelProto:
+    cfg = QuantConfig(backend="systolic", form=OutputForm.QOPERATOR, weight_rounding=False,
+                      bias_correction=False, extra_options=options)  # fmt: skip
+    prepared = prepare_model(model, cfg)
+    names = tensors_to_calibrate(prepared, cfg)
+    ranges = calibrate(prepared, ArrayReader({"input": calib}, 64), names, method="minmax")
+    return quantize_model(prepared, cfg, dict(ranges))
+
+
+@pytest.fixture(scope="module")
+def systolic_digits_nchw(digits_model, digits_calib) -> onnx.ModelProto:
+    return _systolic(digits_model, digits_calib)
+
+
+@pytest.fixture(scope="module")
+def systolic_digits_nhwc(digits_model, digits_calib) -> onnx.ModelProto:
+    return _systolic(digits_model, digits_calib, SystolicLayout="nhwc")
+
+
+def _conv(ins: list, attrs: dict, *, constants: bool) -> np.ndarray:
+    """The QLinearConv kernel as the executor calls it; ``constants`` marks every operand
+    but x constant, which is when the engine may take the layer."""
+    ctx = KernelContext(target="cpu", node_name="conv")
+    if constants:
+        ctx.extra["constant_inputs"] = frozenset(range(1, len(ins)))
+    return lookup("", "QLinearConv")(list(ins), dict(attrs), ctx)[0]
+
+
+@SETTINGS
+@given(qconv_cases())
+def test_engine_matches_numpy_datapath(case) -> None:
+    ins, attrs = case
+    with ort_engine.using("numpy"):
+        want = _conv(ins, attrs, constants=True)
+    with ort_engine.using("onnxruntime"):
+        got = _conv(ins, attrs, constants=True)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    bad = np.flatnonzero(got.ravel() != want.ravel())
+    assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
+
+
+def test_engine_takes_the_systolic_layers_and_leaves_the_others() -> None:
+    """int8 with zero-point-0 weights compiles; int8 weights with a zero point, fed weights
+    and per-channel weight zero points stay on the NumPy datapath."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, 4, 5, 5), dtype=np.int8)
+    w = rng.integers(-128, 128, (3, 4, 3, 3), dtype=np.int8)
+    f32 = np.float32
+    ins = [x, f32(0.1), np.int8(0), w, f32(0.02), np.int8(0), f32(0.3), np.int8(0)]
+    attrs = {"pads": [1, 1, 1, 1]}
+
+    def compiled(ins: list, constants: bool = True) -> bool:
+        ctx = KernelContext(target="cpu", node_name="conv")
+        if constants:
+            ctx.extra["constant_inputs"] = frozenset(range(1, len(ins)))
+        with ort_engine.using("auto"):
+            lookup("", "QLinearConv")(list(ins), attrs, ctx)
+        entry = ctx.extra.get("compiled_layer")
+        return entry is not None and entry[2] is not None
+
+    assert compiled(ins)
+    assert not compiled(ins, constants=False)
+    shifted = list(ins)
+    shifted[5] = np.int8(3)
+    assert not compiled(shifted)
+    per_channel = list(ins)
+    per_channel[3] = w.astype(np.uint8)
+    per_channel[5] = np.array([1, 2, 3], np.uint8)
+    assert not compiled(per_channel)
+
+
+def _trace_both(model: onnx.ModelProto, feeds: dict) -> tuple[dict, dict, Executor]:
+    execu = Executor(model)
+    with ort_engine.using("numpy"):
+        want = execu.run(feeds, trace=True)
+    with ort_engine.using("onnxruntime"):
+        got = execu.run(feeds, trace=True)
+    return got, want, execu
+
+
+def test_shipped_model_traces_identically(systolic_digits_nchw, digits_test) -> None:
+    x = digits_test[0][:64]
+    got, want, execu = _trace_both(systolic_digits_nchw, {"input": x})
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        assert got[name].dtype == want[name].dtype
+    compiled = [
+        ctx.extra.get("compiled_layer")
+        for kind, _, _, ctx in execu._plans
+        if kind == "kernel" and ctx.extra.get("compiled_layer")
+    ]
+    assert compiled and all(entry[2] is not None for entry in compiled)
+
+
+def test_nhwc_model_traces_identically(systolic_digits_nhwc, digits_test) -> None:
+    got, want, _ = _trace_both(systolic_digits_nhwc, {"input": digits_test[0][:32]})
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_self_check_catches_int16_pair_saturation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that adds byte-product pairs in saturating int16 (u8 x s8 without VNNI)
+    must fail the self-check."""
+
+    def saturating_layer(self, x: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        xs = x.astype(np.int64) + (128 if x.dtype == np.int8 else 0)
+        ws = spec.w.astype(np.int64)
+        if xs.shape[1] % 2 or spec.group != 1 or ws.ndim != 4 or ws.shape[2:] != (1, 1):
+            return ort_engine._reference_layer(spec, x)
+        # 1x1 convs: channel pairs summed and saturated to int16, as vpmaddubsw does.
+        prods = np.einsum("nchw,mc->nmchw", xs, ws[:, :, 0, 0])
+        pairs = np.clip(prods[:, :, 0::2] + prods[:, :, 1::2], -32768, 32767)
+        acc = pairs.sum(axis=2) - 128 * ws[:, :, 0, 0].sum(axis=1).reshape(1, -1, 1, 1)
+        from runtime_emulator import datapath as dp
+
+        m = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
+        return dp.requantize(dp.wrap32(acc), m, spec.y_dtype, spec.y_zero_point, spec.relu)
+
+    monkeypatch.setattr(ort_engine.ConvLayer, "__call__", saturating_layer)
+    assert not ort_engine.self_check()
+
+
+def test_self_check_catches_a_wrong_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ort_engine.ConvLayer.__call__
+    assert ort_engine.self_check()  # the real engine passes
+    monkeypatch.setattr(ort_engine.ConvLayer, "__call__", lambda self, x: real(self, x) ^ 1)
+    assert not ort_engine.self_check()
+
+
+def test_engine_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ort_engine.ENV_VAR, raising=False)
+    assert ort_engine.engine() == "auto"
+    monkeypatch.setenv(ort_engine.ENV_VAR, "numpy")
+    assert ort_engine.engine() == "numpy" and not ort_engine.enabled()
+    with ort_engine.using("onnxruntime"):
+        assert ort_engine.engine() == "onnxruntime" and ort_engine.enabled()
+    assert ort_engine.engine() == "numpy"
+    monkeypatch.setenv(ort_engine.ENV_VAR, "fastest")
+    with pytest.raises(ort_engine.EngineError, match="SYSTOLIC_EMULATOR_ENGINE='fastest'"):
+        ort_engine.engine()
+    monkeypatch.setitem(ort_engine._state, "checked", False)
+    with ort_engine.using("onnxruntime"), pytest.raises(ort_engine.EngineError, match="self-check"):
+        ort_engine.enabled()
+    with ort_engine.using("auto"):
+        assert not ort_engine.enabled()
+
+
+def test_emulate_cli_engines_agree(systolic_digits_nchw, digits_test, tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(systolic_digits_nchw, str(model))
+    np.save(tmp_path / "x.npy", digits_test[0][:16])
+    outs = {}
+    for engine in ("numpy", "onnxruntime"):
+        result = CliRunner().invoke(
+            emulate, [str(model), "--inputs", str(tmp_path / "x.npy"), "--engine", engine,
+                   "-o", str(tmp_path / engine)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outs[engine] = dict(np.load(tmp_path / engine / "outputs.npz"))
+    assert outs["numpy"].keys() == outs["onnxruntime"].keys()
+    for k in outs["numpy"]:
+        np.testing.assert_array_equal(outs["numpy"][k], outs["onnxruntime"][k])

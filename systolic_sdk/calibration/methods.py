@@ -113,50 +113,74 @@ def _entropy(st: TensorStats, num_quantized_bins: int = 128) -> tuple[float, flo
     if n <= num_quantized_bins:
         return _clip(st, n * width)
     stride = max(1, (n - num_quantized_bins) // 256)  # at most ~256 candidate thresholds
-    best_kl, best_i = math.inf, n
-    search = _KLSearch(counts, num_quantized_bins)
-    for i in range(num_quantized_bins, n + 1, stride):
-        kl = search.divergence(i)
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return _clip(st, best_i * width)
+    candidates = np.arange(num_quantized_bins, n + 1, stride)
+    kl = kl_divergences(counts, num_quantized_bins, candidates)
+    if np.isnan(kl).all():
+        return _clip(st, n * width)
+    best = int(np.nanargmin(kl))  # the first of equal minima
+    return _clip(st, int(candidates[best]) * width)
 
 
-class _KLSearch:
-    """KL(P || Q) of candidate thresholds on one histogram (TensorRT's entropy method).
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    """``x * log(x)`` elementwise, 0 at 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
-    For a threshold of ``i`` bins, P is ``counts[:i]`` with the mass beyond added to its
-    last bin, and Q is ``counts[:i]`` quantized to ``nq`` levels (a level's mass spread
-    evenly over its non-empty bins); both are smoothed (:func:`_smooth`). The per-level
-    masses and non-empty counts come from prefix sums: they are whole numbers, so these
-    sums are exact and equal to adding the bins one by one.
+
+SMOOTHING = 1e-4  # mass given to an empty bin of a normalized distribution
+
+
+def kl_divergences(counts: np.ndarray, nq: int, thresholds: np.ndarray) -> np.ndarray:
+    """KL(P || Q) for each candidate threshold ``i`` of ``thresholds`` (bins, ``nq <= i <=
+    counts.size``; TensorRT's entropy method), NaN where P or Q is empty.
+
+    P is ``counts[:i]`` with the mass beyond added to its last bin; Q is ``counts[:i]``
+    quantized to ``nq`` levels (``i // nq`` bins each, the last level takes the rest), a
+    level's mass spread evenly over its non-empty bins. Both are normalized, then every
+    empty bin gets mass ``SMOOTHING`` and they are normalized again. Computed in closed
+    form for all candidates at once, in O(len(thresholds) * nq) after prefix sums: a P bin
+    and its Q bin are empty together (except a last bin holding only the mass beyond
+    ``i``), so with ``Zp``/``Zq`` the sums after smoothing,
+    ``KL = log(Zq / Zp) + (sum over non-empty bins of P log(P / Q)) / Zp``, and that sum
+    comes from prefix sums of ``c log c`` and per-level masses. Equal to the bin-by-bin
+    sum up to rounding.
     """
-
-    def __init__(self, counts: np.ndarray, nq: int) -> None:
-        self.counts, self.nq = counts, nq
-        self.nonzero = counts != 0
-        self.mass = np.concatenate([[0.0], np.cumsum(counts)])  # whole numbers: exact
-        self.filled = np.concatenate([[0], np.cumsum(self.nonzero)]).astype(np.float64)
-        self.total = float(self.mass[-1])
-        self.levels = np.arange(nq + 1)
-
-    def divergence(self, i: int) -> float:
-        """KL of the threshold at ``i`` bins; NaN when P or Q is empty."""
-        nq = self.nq
-        edges = np.minimum(self.levels * (i // nq), i)
-        edges[-1] = i  # the last level takes the remainder
-        q_sum = self.mass[edges[1:]] - self.mass[edges[:-1]]
-        q_cnt = self.filled[edges[1:]] - self.filled[edges[:-1]]
-        per_bin = np.repeat(q_sum / np.maximum(q_cnt, 1.0), np.diff(edges))
-        q = np.where(self.nonzero[:i], per_bin, 0.0)
-        p = self.counts[:i].copy()
-        p[-1] += self.total - self.mass[i]  # the mass beyond the threshold
-        p_sum, q_total = self.total, q.sum()  # p: whole numbers, its sum is the total
-        if p_sum == 0 or q_total == 0:
-            return math.nan
-        p = _smooth(p / p_sum)  # no empty bin left after smoothing
-        q = _smooth(q / q_total)
-        return float(np.sum(p * np.log(p / q)))
+    counts = np.asarray(counts, dtype=np.float64)
+    i = np.asarray(thresholds, dtype=np.int64)
+    eps = SMOOTHING
+    nonzero = counts != 0
+    mass = np.concatenate([[0.0], np.cumsum(counts)])  # whole numbers: exact
+    filled = np.concatenate([[0], np.cumsum(nonzero)])
+    plogp_prefix = np.concatenate([[0.0], np.cumsum(_xlogx(counts))])
+    total = float(mass[-1])
+    below = mass[i]
+    tail = total - below
+    last = counts[i - 1]
+    # Levels: [edges[k], edges[k+1]) for k < nq; the last level ends at i.
+    edges = np.minimum(np.arange(nq + 1)[None, :] * (i // nq)[:, None], i[:, None])
+    edges[:, -1] = i
+    q_sum = mass[edges[:, 1:]] - mass[edges[:, :-1]]
+    q_cnt = (filled[edges[:, 1:]] - filled[edges[:, :-1]]).astype(np.float64)
+    w = q_sum.copy()  # P mass on the non-empty bins of each level
+    tail_alone = (last == 0) & (tail > 0)  # the last P bin holds only the tail: Q is 0
+    w[:, -1] += np.where(tail_alone, 0.0, tail)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_mean = np.where(q_cnt > 0, np.log(q_sum) - np.log(q_cnt), 0.0)
+        # sum over non-empty bins of p log p, with p the counts (the tail in the last bin)
+        plogp = plogp_prefix[i - 1] + _xlogx(last + tail)
+        plogq_raw = np.sum(w * log_mean, axis=1)  # sum of p log q, q unnormalized (sum M)
+        w_total = total - np.where(tail_alone, tail, 0.0)
+        empty_q = i - filled[i]
+        empty_p = empty_q - tail_alone
+        zp = 1.0 + eps * empty_p
+        zq = 1.0 + eps * empty_q
+        # sum_j P_j log(P_j / Q_j) over bins where both are non-empty, P = p / T, Q = q / M
+        core = (plogp - plogq_raw) / total - np.log(total) + (w_total / total) * np.log(below)
+        # a tail-only last bin: P log(P / eps) instead of P log(P / Q)
+        core -= np.where(tail_alone, (tail / total) * math.log(eps), 0.0)
+        kl = np.log(zq / zp) + core / zp
+    kl[(total == 0) | (below == 0)] = np.nan
+    return kl
 
 
 def _mse(st: TensorStats, num_bits: int = 8) -> tuple[float, float]:

@@ -12,7 +12,10 @@ Contestants for ResNet-18:
 - ``emulator``: ``runtime_emulator.Executor`` on the Systolic-style int8 graph
   (QuantizeLinear, QLinearConv with fused ``relu``, com.microsoft QLinearAdd with
   ``relu``, int8 MaxPool, DQ -> GlobalAveragePool -> Q, QLinearMatMul, int8, zero
-  point 0, per-tensor scales), target "systolic";
+  point 0, per-tensor scales), target "systolic", with its default engine (conv layers
+  on onnxruntime's integer kernels where the engine's bit-exactness self-check passed,
+  ``runtime_emulator.ort_engine``), and again with the NumPy datapath only; both must
+  give the same bits (checked every run);
 - ``ort-fastest``: onnxruntime on its own fastest int8 form of the same fp32 network
   (``quantize_static`` QDQ, QUInt8 activations, QInt8 weights, per tensor);
 - ``ort-same``: onnxruntime on the same int8 graph in standard form (the fused ReLUs
@@ -49,7 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from runtime_emulator import Executor
+from runtime_emulator import Executor, ort_engine
 from runtime_emulator import datapath as dp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -450,25 +453,44 @@ def bench_resnet(
     emu = Executor(fused)
     emu_cpu = Executor(plain, target="cpu")
     reference = ReferenceEvaluator(plain, new_ops=REFERENCE_OPS)
+    engine_label = (
+        "onnxruntime engine"
+        if ort_engine.available()
+        else "NumPy datapath: engine self-check failed"
+    )
     print(f"ResNet-18 int8, 224x224, {len(fused.graph.node)} nodes; onnxruntime 2 threads")
     for n in batches:
         x = rng.standard_normal((n, 3, 224, 224)).astype(F32)
         feeds = {"input": x}
         same = sess_same.run(None, feeds)[0]
         exact = np.array_equal(emu_cpu.run(feeds)["logits"], same)
-        (t_emu, m_emu, c_emu), (t_fast, m_fast, c_fast), (t_same, m_same, c_same) = (
-            interleaved_times(
-                [
-                    lambda: emu.run(feeds),  # noqa: B023
-                    lambda: sess_fast.run(None, feeds),  # noqa: B023
-                    lambda: sess_same.run(None, feeds),  # noqa: B023
-                ],
-                repeats,
-            )
+
+        def numpy_engine(feeds=feeds):
+            with ort_engine.using("numpy"):
+                return emu.run(feeds)
+
+        with ort_engine.using("numpy"):
+            reference_bits = emu.run(feeds)
+        same_bits = all(np.array_equal(v, emu.run(feeds)[k]) for k, v in reference_bits.items())
+        timed = interleaved_times(
+            [
+                lambda: emu.run(feeds),  # noqa: B023
+                numpy_engine,
+                lambda: sess_fast.run(None, feeds),  # noqa: B023
+                lambda: sess_same.run(None, feeds),  # noqa: B023
+            ],
+            repeats,
         )
+        (
+            (t_emu, m_emu, c_emu),
+            (t_np, m_np, c_np),
+            (t_fast, m_fast, c_fast),
+            (t_same, m_same, c_same),
+        ) = timed
         print(f" batch {n}: (ratio = time / emulator time; median, then min, of interleaved runs)")
         for label, t, mn, cpu in (
-            ("emulator (Systolic graph)", t_emu, m_emu, c_emu),
+            (f"emulator ({engine_label})", t_emu, m_emu, c_emu),
+            ("emulator (NumPy datapath only)", t_np, m_np, c_np),
             ("onnxruntime fastest int8 (U8S8 QDQ)", t_fast, m_fast, c_fast),
             ("onnxruntime same int8 graph (S8S8)", t_same, m_same, c_same),
         ):
@@ -486,6 +508,7 @@ def bench_resnet(
         )
         print(f"  machine load average (1 min) after this batch: {_load():.1f}")
         print(f"  emulator(target=cpu) == onnxruntime on the same graph, bit for bit: {exact}")
+        print(f"  emulator engines (onnxruntime, NumPy datapath) agree bit for bit: {same_bits}")
 
 
 def bench_digits(batches: list[int], repeats: int) -> None:

@@ -134,8 +134,8 @@ def applies(spec: ConvSpec) -> bool:
         return False
     if w.dtype == np.int8 and spec.w_zero_point != 0:
         return False
-    if w.size == 0 or spec.w_scale.size not in (1, w.shape[0]):
-        return False
+    if w.size == 0 or w.ndim not in (3, 4) or spec.w_scale.size not in (1, w.shape[0]):
+        return False  # 1-D and 2-D convs: what the self-check covers
     scales = (spec.x_scale, spec.w_scale, spec.y_scale)
     if not all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales):
         return False
@@ -226,7 +226,10 @@ def conv_layer(spec: ConvSpec) -> ConvLayer | None:
     """The compiled layer, or None when the engine is off or does not handle the layer."""
     if not applies(spec) or not enabled():
         return None
-    return ConvLayer(spec)
+    try:
+        return ConvLayer(spec)
+    except Exception:  # noqa: BLE001 - a layer onnxruntime refuses runs on the datapath
+        return None
 
 
 # --- self-check ------------------------------------------------------------------------

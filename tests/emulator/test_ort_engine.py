@@ -80,14 +80,14 @@ def test_engine_takes_the_systolic_layers_and_leaves_the_others() -> None:
     w = rng.integers(-128, 128, (3, 4, 3, 3), dtype=np.int8)
     f32 = np.float32
     ins = [x, f32(0.1), np.int8(0), w, f32(0.02), np.int8(0), f32(0.3), np.int8(0)]
-    attrs = {"pads": [1, 1, 1, 1]}
 
     def compiled(ins: list, constants: bool = True) -> bool:
         ctx = KernelContext(target="cpu", node_name="conv")
         if constants:
             ctx.extra["constant_inputs"] = frozenset(range(1, len(ins)))
+        pads = [1] * (2 * (ins[0].ndim - 2))
         with ort_engine.using("auto"):
-            lookup("", "QLinearConv")(list(ins), attrs, ctx)
+            lookup("", "QLinearConv")(list(ins), {"pads": pads}, ctx)
         entry = ctx.extra.get("compiled_layer")
         return entry is not None and entry[2] is not None
 
@@ -100,6 +100,10 @@ def test_engine_takes_the_systolic_layers_and_leaves_the_others() -> None:
     per_channel[3] = w.astype(np.uint8)
     per_channel[5] = np.array([1, 2, 3], np.uint8)
     assert not compiled(per_channel)
+    three_d = list(ins)
+    three_d[0] = x[:, :, None]
+    three_d[3] = w[:, :, None]
+    assert not compiled(three_d)  # outside what the self-check covers
 
 
 def _trace_both(model: onnx.ModelProto, feeds: dict) -> tuple[dict, dict, Executor]:

@@ -130,6 +130,17 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
 SMOOTHING = 1e-4  # mass given to an empty bin of a normalized distribution
 
 
+def _level_plogq(
+    mass: np.ndarray, filled: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: object
+) -> np.ndarray:
+    """``(level mass + extra) * log(level mass / non-empty bins)`` of the levels
+    ``[lo, hi)``, 0 for a level without a non-empty bin (its P mass there is 0)."""
+    q_sum = mass[hi] - mass[lo]
+    q_cnt = filled[hi] - filled[lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(q_cnt > 0, (q_sum + extra) * np.log(q_sum / q_cnt), 0.0)
+
+
 def kl_divergences(counts: np.ndarray, nq: int, thresholds: np.ndarray) -> np.ndarray:
     """KL(P || Q) for each candidate threshold ``i`` of ``thresholds`` (bins, ``nq <= i <=
     counts.size``; TensorRT's entropy method), NaN where P or Q is empty.
@@ -138,7 +149,8 @@ def kl_divergences(counts: np.ndarray, nq: int, thresholds: np.ndarray) -> np.nd
     quantized to ``nq`` levels (``i // nq`` bins each, the last level takes the rest), a
     level's mass spread evenly over its non-empty bins. Both are normalized, then every
     empty bin gets mass ``SMOOTHING`` and they are normalized again. Computed in closed
-    form for all candidates at once, in O(len(thresholds) * nq) after prefix sums: a P bin
+    form for all candidates at once after prefix sums, in O(candidates + distinct level
+    widths * nq) (candidates of one width share all levels but the last): a P bin
     and its Q bin are empty together (except a last bin holding only the mass beyond
     ``i``), so with ``Zp``/``Zq`` the sums after smoothing,
     ``KL = log(Zq / Zp) + (sum over non-empty bins of P log(P / Q)) / Zp``, and that sum
@@ -156,19 +168,19 @@ def kl_divergences(counts: np.ndarray, nq: int, thresholds: np.ndarray) -> np.nd
     below = mass[i]
     tail = total - below
     last = counts[i - 1]
-    # Levels: [edges[k], edges[k+1]) for k < nq; the last level ends at i.
-    edges = np.minimum(np.arange(nq + 1)[None, :] * (i // nq)[:, None], i[:, None])
-    edges[:, -1] = i
-    q_sum = mass[edges[:, 1:]] - mass[edges[:, :-1]]
-    q_cnt = (filled[edges[:, 1:]] - filled[edges[:, :-1]]).astype(np.float64)
-    w = q_sum.copy()  # P mass on the non-empty bins of each level
     tail_alone = (last == 0) & (tail > 0)  # the last P bin holds only the tail: Q is 0
-    w[:, -1] += np.where(tail_alone, 0.0, tail)
+    # Level k < nq - 1 covers bins [k * width, (k + 1) * width), width = i // nq, the last
+    # level [(nq - 1) * width, i): the first levels depend on the width alone (few values).
+    width = i // nq
+    widths, which = np.unique(width, return_inverse=True)
+    edges = np.arange(nq)[None, :] * widths[:, None]
+    head = _level_plogq(mass, filled, edges[:, :-1], edges[:, 1:], 0.0).sum(axis=1)
+    start = (nq - 1) * width
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_mean = np.where(q_cnt > 0, np.log(q_sum) - np.log(q_cnt), 0.0)
+        extra = np.where(tail_alone, 0.0, tail)  # the tail, on the last level's last bin
+        plogq_raw = head[which] + _level_plogq(mass, filled, start, i, extra)
         # sum over non-empty bins of p log p, with p the counts (the tail in the last bin)
         plogp = plogp_prefix[i - 1] + _xlogx(last + tail)
-        plogq_raw = np.sum(w * log_mean, axis=1)  # sum of p log q, q unnormalized (sum M)
         w_total = total - np.where(tail_alone, tail, 0.0)
         empty_q = i - filled[i]
         empty_p = empty_q - tail_alone

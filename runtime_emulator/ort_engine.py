@@ -37,7 +37,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,8 @@ class ConvSpec:
     pads: list[int]
     dilations: list[int]
     group: int
+    #: "nhwc": ``x`` and ``y`` are N...C (the Transposes run inside the session).
+    layout: str = "nchw"
 
 
 def _byte_type(dtype: np.dtype) -> bool:
@@ -176,13 +178,23 @@ def _layer_model(spec: ConvSpec) -> Any:
         "dilations": spec.dilations,
         "group": spec.group,
     }
-    nodes = [helper.make_node("QLinearConv", ins, ["acc_y" if spec.relu else "y"], **attrs)]
+    nodes = [helper.make_node("QLinearConv", ins, ["conv_y"], **attrs)]
+    y = "conv_y"
     if spec.relu:
-        nodes.append(helper.make_node("Max", ["acc_y", "y_zp"], ["y"]))
+        nodes.append(helper.make_node("Max", [y, "y_zp"], ["relu_y"]))
+        y = "relu_y"
+    if spec.layout == "nhwc":
+        rank = spec.w.ndim
+        nodes.insert(0, helper.make_node("Transpose", ["x_nhwc"], ["x"],
+                                         perm=[0, rank - 1, *range(1, rank - 1)]))  # fmt: skip
+        nodes.append(helper.make_node("Transpose", [y], ["y"], perm=[0, *range(2, rank), 1]))
+    else:
+        nodes[-1].output[0] = "y"
+    x_name = "x_nhwc" if spec.layout == "nhwc" else "x"
     graph = helper.make_graph(
         nodes,
         "systolic_conv_layer",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info(x_name, TensorProto.UINT8, None)],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
         inits,
     )
@@ -214,11 +226,12 @@ class ConvLayer:
     def __init__(self, spec: ConvSpec) -> None:
         self.spec = spec
         self._session = _session(_layer_model(spec))
+        self._input = self._session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x)
         x_u8 = _flip(x, np.dtype(np.uint8)) if x.dtype == np.int8 else x
-        y = self._session.run(None, {"x": x_u8})[0]
+        y = self._session.run(None, {self._input: x_u8})[0]
         return _flip(y, np.dtype(np.int8)) if self.spec.y_dtype == np.int8 else y
 
 
@@ -241,14 +254,15 @@ def _check_cases(rng: np.random.Generator) -> list[tuple[ConvSpec, np.ndarray]]:
     f32 = np.float32
 
     def add(x, w, *, sx=0.05, x_zp=0, sw=0.02, w_zp=0, sy=0.1, y=np.int8, y_zp=0, bias=None,
-            relu=False, strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1):  # fmt: skip
+            relu=False, strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1,
+            layout="nchw"):  # fmt: skip
         spec = ConvSpec(
             x.dtype, np.asarray(sx, f32), x_zp, w, np.asarray(sw, f32), w_zp,
             np.asarray(sy, f32), np.dtype(y), y_zp,
             None if bias is None else np.asarray(bias, np.int32), relu,
-            list(strides), list(pads), list(dil), group,
+            list(strides), list(pads), list(dil), group, layout,
         )  # fmt: skip
-        cases.append((spec, x))
+        cases.append((spec, np.moveaxis(x, 1, -1).copy() if layout == "nhwc" else x))
 
     x8 = rng.integers(-128, 128, (2, 16, 9, 9)).astype(np.int8)
     w8 = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
@@ -277,11 +291,15 @@ def _check_cases(rng: np.random.Generator) -> list[tuple[ConvSpec, np.ndarray]]:
     add(np.full((1, 16, 6, 6), 127, np.int8), np.full((16, 1, 3, 3), -128, np.int8), group=16,
         sy=1.0)  # fmt: skip
     add(x8[:, :, 0], w8[:, :, 0], pads=(1, 1), strides=(1,), dil=(1,))  # 1-D
+    add(x8, w8, relu=True, strides=(2, 1), bias=b, layout="nhwc")  # Transposes in the session
     return cases
 
 
 def _reference_layer(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
     """The layer on the NumPy datapath with int64 accumulation (obviously exact)."""
+    if spec.layout == "nhwc":
+        y = _reference_layer(replace(spec, layout="nchw"), np.moveaxis(x, -1, 1))
+        return np.moveaxis(y, 1, -1)
     acc = dp.conv_accumulate_reference(
         x.astype(np.int64) - spec.x_zero_point,
         spec.w.astype(np.int64) - spec.w_zero_point,

@@ -85,9 +85,16 @@ def conv_geometry(
 
 
 def qlinear_conv_nchw(
-    inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
+    inputs: Sequence[np.ndarray | None],
+    attrs: dict[str, Any],
+    ctx: KernelContext,
+    *,
+    nhwc_x: np.ndarray | None = None,
 ) -> np.ndarray:
-    """QLinearConv on NC... tensors: the shared body of QLinearConv and QLinearConv_nhwc."""
+    """QLinearConv on NC... tensors: the shared body of QLinearConv and QLinearConv_nhwc.
+
+    With ``nhwc_x`` (an N...C input whose NC... view is ``inputs[0]``) the result is N...C.
+    """
     x = arg(inputs, 0, "x", ctx, True)
     x_scale = arg(inputs, 1, "x_scale", ctx, True)
     x_zp = arg(inputs, 2, "x_zero_point", ctx, False)
@@ -114,17 +121,19 @@ def qlinear_conv_nchw(
     geometry = conv_geometry(x, w, attrs, ctx)
     multiplier = dp.requant_multiplier(x_scale, w_scale, y_scale)
     relu = bool(attrs.get("relu", 0))
+    layout = "nchw" if nhwc_x is None else "nhwc"
     layer = _compiled_layer(
-        inputs, x, (x_scale, w_scale, y_scale), (x_zp, w_zp, y_zp), y_dtype, relu, geometry, ctx
-    )
+        inputs, x, (x_scale, w_scale, y_scale), (x_zp, w_zp, y_zp), y_dtype, relu, geometry,
+        layout, ctx,
+    )  # fmt: skip
     if layer is not None:
         try:
-            return layer(x)
+            return layer(x if nhwc_x is None else nhwc_x)
         except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
-            ctx.extra["compiled_layer"] = (x.dtype, tuple(inputs[1:]), None)
+            ctx.extra["compiled_layer"] = (x.dtype, layout, tuple(inputs[1:]), None)
     wc, prepared = _weights(w, w_zp, inputs, ctx)
-    return conv_requantize(
-        _centered(x, x_zp),
+    y = conv_requantize(
+        _centered(np.ascontiguousarray(x), x_zp),
         wc,
         bias,
         multiplier,
@@ -134,6 +143,7 @@ def qlinear_conv_nchw(
         weights=prepared,
         **geometry,
     )
+    return y if nhwc_x is None else np.ascontiguousarray(np.moveaxis(y, 1, -1))
 
 
 def _compiled_layer(
@@ -144,6 +154,7 @@ def _compiled_layer(
     y_dtype: np.dtype,
     relu: bool,
     geometry: dict[str, Any],
+    layout: str,
     ctx: KernelContext,
 ) -> ort_engine.ConvLayer | None:
     """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
@@ -159,11 +170,11 @@ def _compiled_layer(
     cached = ctx.extra.get("compiled_layer")
     if (
         cached is not None
-        and cached[0] == x.dtype
-        and len(cached[1]) == len(operands)
-        and all(a is b for a, b in zip(cached[1], operands, strict=True))
+        and cached[:2] == (x.dtype, layout)
+        and len(cached[2]) == len(operands)
+        and all(a is b for a, b in zip(cached[2], operands, strict=True))
     ):
-        return cached[2]
+        return cached[3]
     x_scale, w_scale, y_scale = scales
     spec = ort_engine.ConvSpec(
         x_dtype=x.dtype,
@@ -177,11 +188,12 @@ def _compiled_layer(
         y_zero_point=int(y_zp.reshape(())),
         bias=inputs[8] if len(inputs) > 8 else None,
         relu=relu,
+        layout=layout,
         **geometry,
     )
     layer = ort_engine.conv_layer(spec)
     # The entry keeps the operand arrays alive: an identity match means the same arrays.
-    ctx.extra["compiled_layer"] = (x.dtype, operands, layer)
+    ctx.extra["compiled_layer"] = (x.dtype, layout, operands, layer)
     return layer
 
 

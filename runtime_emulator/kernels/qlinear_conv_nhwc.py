@@ -117,19 +117,20 @@ def qlinear_conv_nhwc(
     if x.ndim != 4 or w.ndim != 4:
         raise fail(ctx, f"x {list(x.shape)} must be NHWC and w {list(w.shape)} HWIO (4-D)")
     nchw = list(inputs)
-    nchw[0] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    nchw[0] = x.transpose(0, 3, 1, 2)  # a view; copied only where the NCHW data is needed
     nchw[3] = _oihw(w, ctx)
+    if not int(attrs.get("maxpool", 0)):
+        return [qlinear_conv_nchw(nchw, attrs, ctx, nhwc_x=x)]
     y = qlinear_conv_nchw(nchw, attrs, ctx)
-    if int(attrs.get("maxpool", 0)):
-        pk, ps, pp = _check_pool_attrs(attrs, ctx)
-        if conv_path(attrs, x.shape, w.shape) == "accelerator":
-            # Pooling as outputs leave the accumulator: uniform pad pool_pads[0], pad = 0.
-            p = pp[0]
-            if (y.shape[2] + 2 * p - pk[0]) // ps[0] + 1 < 1:
-                raise fail(ctx, "the pool window does not fit the conv output")
-            y = dp.max_pool(y, pk, ps, [p] * 4, pad_value=0)
-        else:
-            if any(y.shape[2 + i] + pp[i] + pp[i + 2] < pk[i] for i in range(2)):
-                raise fail(ctx, "the pool window does not fit the conv output")
-            y = dp.max_pool(y, pk, ps, pp, pad_value=None)
+    pk, ps, pp = _check_pool_attrs(attrs, ctx)
+    if conv_path(attrs, x.shape, w.shape) == "accelerator":
+        # Pooling as outputs leave the accumulator: uniform pad pool_pads[0], pad = 0.
+        p = pp[0]
+        if (y.shape[2] + 2 * p - pk[0]) // ps[0] + 1 < 1:
+            raise fail(ctx, "the pool window does not fit the conv output")
+        y = dp.max_pool(y, pk, ps, [p] * 4, pad_value=0)
+    else:
+        if any(y.shape[2 + i] + pp[i] + pp[i + 2] < pk[i] for i in range(2)):
+            raise fail(ctx, "the pool window does not fit the conv output")
+        y = dp.max_pool(y, pk, ps, pp, pad_value=None)
     return [np.ascontiguousarray(y.transpose(0, 2, 3, 1))]

@@ -89,7 +89,7 @@ def test_engine_takes_the_systolic_layers_and_leaves_the_others() -> None:
         with ort_engine.using("auto"):
             lookup("", "QLinearConv")(list(ins), {"pads": pads}, ctx)
         entry = ctx.extra.get("compiled_layer")
-        return entry is not None and entry[2] is not None
+        return entry is not None and entry[-1] is not None
 
     assert compiled(ins)
     assert not compiled(ins, constants=False)
@@ -122,18 +122,28 @@ def test_shipped_model_traces_identically(systolic_digits_nchw, digits_test) -> 
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         assert got[name].dtype == want[name].dtype
-    compiled = [
+    assert _compiled_layouts(execu) == {"nchw"}
+
+
+def _compiled_layouts(execu: Executor) -> set[str]:
+    """The layouts of the layers the engine took (every conv must have been taken)."""
+    entries = [
         ctx.extra.get("compiled_layer")
         for kind, _, _, ctx in execu._plans
-        if kind == "kernel" and ctx.extra.get("compiled_layer")
+        if kind == "kernel"
+        and ctx.node_name.startswith(("conv", "Conv", "QLinearConv"))
+        or kind == "kernel"
+        and ctx.extra.get("compiled_layer")
     ]
-    assert compiled and all(entry[2] is not None for entry in compiled)
+    assert entries and all(e is not None and e[-1] is not None for e in entries)
+    return {e[1] for e in entries}
 
 
 def test_nhwc_model_traces_identically(systolic_digits_nhwc, digits_test) -> None:
-    got, want, _ = _trace_both(systolic_digits_nhwc, {"input": digits_test[0][:32]})
+    got, want, execu = _trace_both(systolic_digits_nhwc, {"input": digits_test[0][:32]})
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert "nhwc" in _compiled_layouts(execu)
 
 
 def test_self_check_catches_int16_pair_saturation(monkeypatch: pytest.MonkeyPatch) -> None:

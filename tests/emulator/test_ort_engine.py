@@ -128,12 +128,9 @@ def test_shipped_model_traces_identically(systolic_digits_nchw, digits_test) -> 
 def _compiled_layouts(execu: Executor) -> set[str]:
     """The layouts of the layers the engine took (every conv must have been taken)."""
     entries = [
-        ctx.extra.get("compiled_layer")
-        for kind, _, _, ctx in execu._plans
-        if kind == "kernel"
-        and ctx.node_name.startswith(("conv", "Conv", "QLinearConv"))
-        or kind == "kernel"
-        and ctx.extra.get("compiled_layer")
+        plan[3].extra.get("compiled_layer")
+        for node, plan in zip(execu.nodes, execu._plans, strict=True)
+        if node.op_type in ("QLinearConv", "QLinearConv_nhwc")
     ]
     assert entries and all(e is not None and e[-1] is not None for e in entries)
     return {e[1] for e in entries}

@@ -298,8 +298,8 @@ def speed(args, workdir: Path) -> list[dict]:
                         print(f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['error']}")
                     else:
                         print(
-                            f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['seconds']:8.2f} s "
-                            f"{res['cpu_seconds']:8.2f} cpu-s {res['peak_mb']:8.0f} MB  "
+                            f"  {kind} n={n:5d} {lib:4s} {method:11s} {res['seconds']:8.3f} s "
+                            f"{res['cpu_seconds']:8.3f} cpu-s {res['peak_mb']:8.0f} MB  "
                             f"({res['tensors']} tensors, run {rep + 1}/{repeats})",
                             flush=True,
                         )
@@ -322,6 +322,11 @@ def _median(results: list[dict]) -> dict:
     return out
 
 
+def _secs(s: float) -> str:
+    """Seconds with two decimals, three below 1 s (tiny models)."""
+    return f"{s:.3f}" if s < 1 else f"{s:.2f}"
+
+
 def speed_table(rows: list[dict]) -> str:
     lines = []
     for kind in dict.fromkeys(r["model"] for r in rows):
@@ -340,7 +345,7 @@ def speed_table(rows: list[dict]) -> str:
                     cells.append(r["error"])
                 else:
                     cells.append(
-                        f"{r['seconds']:.2f} / {r['cpu_seconds']:.2f} / {r['peak_mb']:.0f}"
+                        f"{_secs(r['seconds'])} / {_secs(r['cpu_seconds'])} / {r['peak_mb']:.0f}"
                     )
                     peaks[n] = r["peak_mb"]
             label = f"{'ours' if lib == 'ours' else 'onnxruntime'} {method}"

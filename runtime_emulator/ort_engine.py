@@ -1,10 +1,10 @@
-"""The fast engine: QLinearConv layers on onnxruntime's uint8 x int8 kernels, bit for bit.
+"""The fast engine: QLinearConv and QLinearMatMul on onnxruntime's kernels, bit for bit.
 
-onnxruntime's CPU QLinearConv computes the spec's steps 2.1-2.5 exactly (measured by
-``tests/emulator/test_differential_ort.py``; ``runtime_emulator/README.md``): the exact
-integer sum wrapped to int32 with the bias, ``M = f32(f32(s_x * s_w) / s_y)`` per output
-channel, ``f32(acc) * M`` in float32, round half to even, add the zero point, saturate.
-Its fastest kernels take uint8 activations, so an int8 layer runs shifted by 128:
+onnxruntime's CPU QLinearConv and QLinearMatMul compute the spec's steps 2.1-2.5 exactly
+(measured by ``tests/emulator/test_differential_ort.py``; ``runtime_emulator/README.md``):
+the exact integer sum wrapped to int32 with the bias, ``M = f32(f32(s_x * s_w) / s_y)``
+per output channel, ``f32(acc) * M`` in float32, round half to even, add the zero point,
+saturate. Their fastest kernels take uint8 activations, so an int8 layer runs shifted:
 
 - ``x`` int8 with zero point ``z`` is the uint8 ``x ^ 0x80`` (``x + 128``) with zero point
   ``z + 128``: every ``x - z`` is unchanged, so is every accumulator;
@@ -12,23 +12,29 @@ Its fastest kernels take uint8 activations, so an int8 layer runs shifted by 128
   ``sat_u8(r + z + 128) - 128 == sat_i8(r + z)`` for every rounded ``r``, and flipped back
   (``^ 0x80``); the fused ReLU is ``Max(y, y_zp)`` in the same domain.
 
-What could break that equality is known: on CPUs without AVX-512 VNNI / AVX-VNNI,
-onnxruntime's uint8 x int8 kernels add pairs of byte products in saturating int16
-(``255 * 127 * 2 > 32767``), and another build could requantize differently. So before
-first use :func:`available` runs a self-check of adversarial layers (every product at the
-int16-saturating extreme, long K, ties at .5, output saturation, zero points, per-channel
-scales, groups, depthwise, 1x1, strides, dilations, one output pixel) through the engine
-and through the NumPy datapath's int64 reference, and turns the engine off if a single
-bit differs. The rules themselves live in :mod:`runtime_emulator.datapath`.
+Accumulators wrap modulo 2**32 in the spec; onnxruntime sums raw byte products in int32
+(with saturating adds on VNNI) and subtracts the zero-point terms afterwards, which gives
+the wrapped sum as long as the raw sums stay below 2**31: layers with K above
+:data:`MAX_K` (33025) stay on the NumPy datapath (the conformance suite's int32-wrap case,
+K = 2**17 + 8, is one). What else could break the equality is known: on CPUs without
+AVX-512 VNNI / AVX-VNNI, onnxruntime's uint8 x int8 kernels add pairs of byte products in
+saturating int16 (``255 * 127 * 2 > 32767``), and another build could requantize
+differently. So before first use :func:`available` runs a self-check of adversarial
+layers (every product at the int16-saturating extreme, K up to :data:`MAX_K`, ties at .5,
+output saturation, zero points, per-channel scales, groups, depthwise, 1x1, strides,
+dilations, one output pixel or row, NHWC, batched matmuls) through the engine and through
+the NumPy datapath's int64 reference, and turns the engine off if a single bit differs.
+The rules themselves live in :mod:`runtime_emulator.datapath`.
 
 Where it applies: int8 or uint8 ``x`` (per-tensor zero point), int8 weights with zero
 point 0 or uint8 weights (per-tensor zero point), per-tensor or per-channel weight
-scales, finite positive scales, int8 or uint8 output, every operand but ``x`` a constant.
-The engine is chosen by :func:`set_engine`, :func:`using` or the
-``SYSTOLIC_EMULATOR_ENGINE`` environment variable: ``auto`` (default: this engine where
-it applies and passes its self-check), ``numpy`` (the NumPy datapath everywhere: the
-validation commands use it, so that they never compare onnxruntime with itself),
-``onnxruntime`` (as ``auto``, but a failed self-check is an error).
+scales, finite positive scales, int8 or uint8 output, every operand but ``x`` a constant,
+1-D and 2-D convs, matmuls with a 2-D constant ``b``. The engine is chosen by
+:func:`set_engine`, :func:`using` or the ``SYSTOLIC_EMULATOR_ENGINE`` environment
+variable: ``auto`` (default: this engine where it applies and passes its self-check),
+``numpy`` (the NumPy datapath everywhere: the validation commands use it, so that they
+never compare onnxruntime with itself), ``onnxruntime`` (as ``auto``, but a failed
+self-check is an error).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ from runtime_emulator.errors import EmulatorError
 
 ENGINES = ("auto", "onnxruntime", "numpy")
 ENV_VAR = "SYSTOLIC_EMULATOR_ENGINE"
+#: Longest reduction the engine takes: onnxruntime sums raw byte products (up to
+#: 255 * 255 each) in int32, with saturating adds on VNNI; below 2**31 nothing saturates
+#: and the zero-point corrections give the exact sum modulo 2**32, the accumulator's wrap.
+MAX_K = (2**31 - 1) // (255 * 255)
 
 _state: dict[str, Any] = {"checked": None}
 _local = threading.local()
@@ -103,41 +113,53 @@ def enabled() -> bool:
 
 
 @dataclass(frozen=True)
-class ConvSpec:
-    """One QLinearConv layer as the engine needs it (every operand but ``x`` is constant)."""
+class LayerSpec:
+    """One QLinearConv or QLinearMatMul layer as the engine needs it (every operand but
+    ``x`` is a constant). The operands keep QLinearConv's names; for QLinearMatMul ``x``
+    is ``a`` and ``w`` is ``b``."""
 
     x_dtype: np.dtype
     x_scale: np.ndarray  # float32, one value
     x_zero_point: int
-    w: np.ndarray  # (M, C/group, *kernel), int8 or uint8
-    w_scale: np.ndarray  # float32, one value or M values
+    w: np.ndarray  # conv: (M, C/group, *kernel); matmul: (K, N); int8 or uint8
+    w_scale: np.ndarray  # float32, one value or one per output channel / column
     w_zero_point: int
     y_scale: np.ndarray  # float32, one value
     y_dtype: np.dtype
     y_zero_point: int
-    bias: np.ndarray | None  # int32 (M,)
-    relu: bool
-    strides: list[int]
-    pads: list[int]
-    dilations: list[int]
-    group: int
+    bias: np.ndarray | None = None  # int32 (M,), conv only
+    relu: bool = False  # conv only
+    strides: list[int] | None = None
+    pads: list[int] | None = None
+    dilations: list[int] | None = None
+    group: int = 1
     #: "nhwc": ``x`` and ``y`` are N...C (the Transposes run inside the session).
     layout: str = "nchw"
+    op: str = "QLinearConv"
 
 
 def _byte_type(dtype: np.dtype) -> bool:
     return np.dtype(dtype) in (np.dtype(np.int8), np.dtype(np.uint8))
 
 
-def applies(spec: ConvSpec) -> bool:
+def applies(spec: LayerSpec) -> bool:
     """Whether the engine handles this layer (see the module docstring)."""
     w = spec.w
     if not (_byte_type(spec.x_dtype) and _byte_type(w.dtype) and _byte_type(spec.y_dtype)):
         return False
     if w.dtype == np.int8 and spec.w_zero_point != 0:
         return False
-    if w.size == 0 or w.ndim not in (3, 4) or spec.w_scale.size not in (1, w.shape[0]):
-        return False  # 1-D and 2-D convs: what the self-check covers
+    if spec.op == "QLinearMatMul":
+        shape_ok = w.ndim == 2 and spec.bias is None and not spec.relu
+        channels = w.shape[-1]
+    else:  # 1-D and 2-D convs: what the self-check covers
+        shape_ok = spec.op == "QLinearConv" and w.ndim in (3, 4)
+        channels = w.shape[0]
+    if not shape_ok or w.size == 0 or spec.w_scale.size not in (1, channels):
+        return False
+    k = w.shape[0] if spec.op == "QLinearMatMul" else int(np.prod(w.shape[1:]))
+    if k > MAX_K:
+        return False  # raw byte-product sums could pass 2**31 (saturating VNNI adds)
     scales = (spec.x_scale, spec.w_scale, spec.y_scale)
     if not all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales):
         return False
@@ -149,7 +171,7 @@ def _as_u8_zero_point(dtype: np.dtype, zero_point: int) -> int:
     return zero_point + 128 if np.dtype(dtype) == np.int8 else zero_point
 
 
-def _layer_model(spec: ConvSpec) -> Any:
+def _layer_model(spec: LayerSpec) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     u8 = np.uint8
@@ -172,14 +194,16 @@ def _layer_model(spec: ConvSpec) -> Any:
     if spec.bias is not None:
         inits.append(numpy_helper.from_array(spec.bias.astype(np.int32).reshape(-1), "b"))
         ins.append("b")
-    attrs = {
-        "strides": spec.strides,
-        "pads": spec.pads,
-        "dilations": spec.dilations,
-        "group": spec.group,
-    }
-    nodes = [helper.make_node("QLinearConv", ins, ["conv_y"], **attrs)]
-    y = "conv_y"
+    attrs = {}
+    if spec.op == "QLinearConv":
+        attrs = {
+            "strides": spec.strides,
+            "pads": spec.pads,
+            "dilations": spec.dilations,
+            "group": spec.group,
+        }
+    nodes = [helper.make_node(spec.op, ins, ["op_y"], **attrs)]
+    y = "op_y"
     if spec.relu:
         nodes.append(helper.make_node("Max", [y, "y_zp"], ["relu_y"]))
         y = "relu_y"
@@ -193,7 +217,7 @@ def _layer_model(spec: ConvSpec) -> Any:
     x_name = "x_nhwc" if spec.layout == "nhwc" else "x"
     graph = helper.make_graph(
         nodes,
-        "systolic_conv_layer",
+        "systolic_layer",
         [helper.make_tensor_value_info(x_name, TensorProto.UINT8, None)],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
         inits,
@@ -220,10 +244,10 @@ def _flip(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.bitwise_xor(a.view(np.uint8), np.uint8(0x80)).view(dtype)
 
 
-class ConvLayer:
-    """A compiled layer: ``layer(x)`` is the QLinearConv output for 8-bit ``x``."""
+class Layer:
+    """A compiled layer: ``layer(x)`` is the layer's output for 8-bit ``x``."""
 
-    def __init__(self, spec: ConvSpec) -> None:
+    def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
         self._session = _session(_layer_model(spec))
         self._input = self._session.get_inputs()[0].name
@@ -235,12 +259,12 @@ class ConvLayer:
         return _flip(y, np.dtype(np.int8)) if self.spec.y_dtype == np.int8 else y
 
 
-def conv_layer(spec: ConvSpec) -> ConvLayer | None:
+def compile_layer(spec: LayerSpec) -> Layer | None:
     """The compiled layer, or None when the engine is off or does not handle the layer."""
     if not applies(spec) or not enabled():
         return None
     try:
-        return ConvLayer(spec)
+        return Layer(spec)
     except Exception:  # noqa: BLE001 - a layer onnxruntime refuses runs on the datapath
         return None
 
@@ -248,21 +272,28 @@ def conv_layer(spec: ConvSpec) -> ConvLayer | None:
 # --- self-check ------------------------------------------------------------------------
 
 
-def _check_cases(rng: np.random.Generator) -> list[tuple[ConvSpec, np.ndarray]]:
+def _check_cases(rng: np.random.Generator) -> list[tuple[LayerSpec, np.ndarray]]:
     """Adversarial layers for the self-check (see the module docstring)."""
-    cases: list[tuple[ConvSpec, np.ndarray]] = []
+    cases: list[tuple[LayerSpec, np.ndarray]] = []
     f32 = np.float32
 
     def add(x, w, *, sx=0.05, x_zp=0, sw=0.02, w_zp=0, sy=0.1, y=np.int8, y_zp=0, bias=None,
             relu=False, strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1,
             layout="nchw"):  # fmt: skip
-        spec = ConvSpec(
+        spec = LayerSpec(
             x.dtype, np.asarray(sx, f32), x_zp, w, np.asarray(sw, f32), w_zp,
             np.asarray(sy, f32), np.dtype(y), y_zp,
             None if bias is None else np.asarray(bias, np.int32), relu,
             list(strides), list(pads), list(dil), group, layout,
         )  # fmt: skip
         cases.append((spec, np.moveaxis(x, 1, -1).copy() if layout == "nhwc" else x))
+
+    def add_matmul(a, b, *, sa=0.05, a_zp=0, sb=0.02, b_zp=0, sy=0.1, y=np.int8, y_zp=0):
+        spec = LayerSpec(
+            a.dtype, np.asarray(sa, f32), a_zp, b, np.asarray(sb, f32), b_zp,
+            np.asarray(sy, f32), np.dtype(y), y_zp, op="QLinearMatMul",
+        )  # fmt: skip
+        cases.append((spec, a))
 
     x8 = rng.integers(-128, 128, (2, 16, 9, 9)).astype(np.int8)
     w8 = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
@@ -292,11 +323,31 @@ def _check_cases(rng: np.random.Generator) -> list[tuple[ConvSpec, np.ndarray]]:
         sy=1.0)  # fmt: skip
     add(x8[:, :, 0], w8[:, :, 0], pads=(1, 1), strides=(1,), dil=(1,))  # 1-D
     add(x8, w8, relu=True, strides=(2, 1), bias=b, layout="nhwc")  # Transposes in the session
+    a8 = rng.integers(-128, 128, (2, 3, 5, 64)).astype(np.int8)  # batched a, 2-D b
+    b8 = rng.integers(-128, 128, (64, 24)).astype(np.int8)
+    for sa, sb, sy in ((1.0, 1.0, 2.0), (0.5, 1 / 32, 1.0), (0.0123, 0.0071, 0.0391)):
+        add_matmul(a8, b8, sa=sa, sb=sb, sy=sy)
+    add_matmul(a8[0, 0], b8, sb=[0.01 * (i + 1) for i in range(24)], a_zp=4, y_zp=-7)
+    for av in (-128, 127):  # every product at the extreme, K = 4096, one row (GEMV)
+        add_matmul(np.full((1, 4096), av, np.int8), np.full((4096, 8), -128, np.int8),
+                   sb=1e-3, sy=1e3)  # fmt: skip
+    # The longest K taken: raw sums of 255 * 255 products just below 2**31.
+    add_matmul(np.full((1, MAX_K), 127, np.int8), np.full((MAX_K, 2), 127, np.int8),
+               sb=1e-4, sy=1e3)  # fmt: skip
+    ua = rng.integers(0, 256, (7, 64)).astype(np.uint8)
+    add_matmul(ua, rng.integers(0, 256, (64, 5)).astype(np.uint8), a_zp=100, b_zp=3,
+               y=np.uint8, y_zp=128)  # fmt: skip
     return cases
 
 
-def _reference_layer(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
+def _reference_layer(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
     """The layer on the NumPy datapath with int64 accumulation (obviously exact)."""
+    mult = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
+    if spec.op == "QLinearMatMul":
+        acc = dp.int_matmul_reference(
+            x.astype(np.int64) - spec.x_zero_point, spec.w.astype(np.int64) - spec.w_zero_point
+        )
+        return dp.requantize(dp.wrap32(acc), mult, spec.y_dtype, spec.y_zero_point)
     if spec.layout == "nhwc":
         y = _reference_layer(replace(spec, layout="nchw"), np.moveaxis(x, -1, 1))
         return np.moveaxis(y, 1, -1)
@@ -311,7 +362,6 @@ def _reference_layer(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
     shape = (-1,) + (1,) * (acc.ndim - 2)
     if spec.bias is not None:
         acc = acc + spec.bias.astype(np.int64).reshape(shape)
-    mult = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
     mult = mult.reshape(shape) if mult.size > 1 else mult.reshape(())
     return dp.requantize(dp.wrap32(acc), mult, spec.y_dtype, spec.y_zero_point, spec.relu)
 
@@ -325,7 +375,7 @@ def self_check() -> bool:
         return False
     for spec, x in _check_cases(np.random.default_rng(20261123)):
         try:
-            got = ConvLayer(spec)(x)
+            got = Layer(spec)(x)
         except Exception:  # noqa: BLE001 - any onnxruntime failure disables the engine
             return False
         want = _reference_layer(spec, x)

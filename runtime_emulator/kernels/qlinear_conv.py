@@ -156,7 +156,7 @@ def _compiled_layer(
     geometry: dict[str, Any],
     layout: str,
     ctx: KernelContext,
-) -> ort_engine.ConvLayer | None:
+) -> ort_engine.Layer | None:
     """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
     made once per node when every operand but ``x`` is a constant and the engine handles
     the layer; None sends the call to the NumPy datapath."""
@@ -176,7 +176,7 @@ def _compiled_layer(
     ):
         return cached[3]
     x_scale, w_scale, y_scale = scales
-    spec = ort_engine.ConvSpec(
+    spec = ort_engine.LayerSpec(
         x_dtype=x.dtype,
         x_scale=np.asarray(x_scale, np.float32),
         x_zero_point=int(x_zp.reshape(())),
@@ -191,7 +191,7 @@ def _compiled_layer(
         layout=layout,
         **geometry,
     )
-    layer = ort_engine.conv_layer(spec)
+    layer = ort_engine.compile_layer(spec)
     # The entry keeps the operand arrays alive: an identity match means the same arrays.
     ctx.extra["compiled_layer"] = (x.dtype, layout, operands, layer)
     return layer

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime_emulator import datapath as dp
+from runtime_emulator import ort_engine
 from runtime_emulator.kernels import KernelContext, register
 from runtime_emulator.kernels._common import (
     INT8_TYPES,
@@ -112,6 +113,56 @@ def _accumulate(
     return dp.int_matmul_wrap32_prepared(a, cached[2])
 
 
+def _compiled_layer(
+    inputs: Sequence[np.ndarray | None],
+    a: np.ndarray,
+    scales: tuple[np.ndarray, np.ndarray, np.ndarray],
+    zero_points: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ctx: KernelContext,
+) -> ort_engine.Layer | None:
+    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
+    made once per node when every operand but ``a`` is a constant, ``a`` has at least two
+    axes and a 2-D ``b``, and the scales and zero points are per tensor (``b``'s scale may
+    be per column); None sends the call to the NumPy datapath."""
+    a_zp, b_zp, y_zp = zero_points
+    a_scale, b_scale, y_scale = scales
+    b = inputs[3]
+    if ort_engine.engine() == "numpy" or a.ndim < 2 or a.size == 0 or b.ndim != 2:
+        return None
+    if a_zp.size != 1 or b_zp.size != 1 or a_scale.size != 1 or b_scale.ndim > 1:
+        return None
+    if any(np.asarray(s).dtype != np.float32 for s in scales):
+        return None  # float16 scales (opset 21) stay on the datapath
+    const = ctx.extra.get("constant_inputs", ())
+    operands = tuple(inputs[1:])
+    if any(v is not None and i + 1 not in const for i, v in enumerate(operands)):
+        return None
+    cached = ctx.extra.get("compiled_layer")
+    if (
+        cached is not None
+        and cached[0] == a.dtype
+        and len(cached[1]) == len(operands)
+        and all(x is y for x, y in zip(cached[1], operands, strict=True))
+    ):
+        return cached[2]
+    spec = ort_engine.LayerSpec(
+        x_dtype=a.dtype,
+        x_scale=np.asarray(a_scale, np.float32),
+        x_zero_point=int(a_zp.reshape(())),
+        w=b,
+        w_scale=np.asarray(b_scale, np.float32),
+        w_zero_point=int(b_zp.reshape(())),
+        y_scale=np.asarray(y_scale, np.float32),
+        y_dtype=y_zp.dtype,
+        y_zero_point=int(y_zp.reshape(())),
+        op="QLinearMatMul",
+    )
+    layer = ort_engine.compile_layer(spec)
+    # The entry keeps the operand arrays alive: an identity match means the same arrays.
+    ctx.extra["compiled_layer"] = (a.dtype, operands, layer)
+    return layer
+
+
 @register("QLinearMatMul")
 def qlinear_matmul(
     inputs: Sequence[np.ndarray | None], attrs: dict[str, Any], ctx: KernelContext
@@ -142,6 +193,12 @@ def qlinear_matmul(
     a_scale = _row_param(a_scale, a2, "a_scale", ctx)
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     b_scale = _column_param(b_scale, b2, "b_scale", ctx)
+    layer = _compiled_layer(inputs, a, (a_scale, b_scale, y_scale), (a_zp, b_zp, y_zp), ctx)
+    if layer is not None:
+        try:
+            return [layer(a)]
+        except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
+            ctx.extra["compiled_layer"] = (a.dtype, tuple(inputs[1:]), None)
     acc = _accumulate(_centered(a2, a_zp), b2, b_zp, inputs, ctx)
     # Float16 scales (opset 21) are widened to float32 exactly, as onnxruntime does.
     mult = dp.requant_multiplier(a_scale, b_scale, y_scale)

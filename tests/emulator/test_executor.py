@@ -576,6 +576,7 @@ def test_matmul_operand_is_prepared_once_per_model(
 ) -> None:
     from runtime_emulator import datapath as dp
 
+    monkeypatch.setenv("SYSTOLIC_EMULATOR_ENGINE", "numpy")  # the NumPy datapath's cache
     calls: list[int] = []
     real = dp.prepare_matmul_operand
     monkeypatch.setattr(dp, "prepare_matmul_operand", lambda b: calls.append(1) or real(b))

@@ -22,7 +22,7 @@ from systolic_sdk.cli.emulate_cmd import emulate
 from systolic_sdk.quantization import prepare_model, quantize_model, tensors_to_calibrate
 from systolic_sdk.quantization.config import QuantConfig
 from systolic_sdk.quantization.types import OutputForm
-from tests.emulator.test_differential_ort import SETTINGS, qconv_cases
+from tests.emulator.test_differential_ort import SETTINGS, qconv_cases, qmatmul_cases
 
 pytestmark = pytest.mark.skipif(
     not ort_engine.available(),
@@ -70,6 +70,44 @@ def test_engine_matches_numpy_datapath(case) -> None:
     assert got.dtype == want.dtype and got.shape == want.shape
     bad = np.flatnonzero(got.ravel() != want.ravel())
     assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
+
+
+def _matmul(ins: list) -> np.ndarray:
+    ctx = KernelContext(target="cpu", node_name="matmul")
+    ctx.extra["constant_inputs"] = frozenset(range(1, len(ins)))
+    return lookup("", "QLinearMatMul")(list(ins), {}, ctx)[0]
+
+
+@SETTINGS
+@given(qmatmul_cases())
+def test_matmul_engine_matches_numpy_datapath(ins) -> None:
+    with ort_engine.using("numpy"):
+        want = _matmul(ins)
+    with ort_engine.using("onnxruntime"):
+        got = _matmul(ins)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    bad = np.flatnonzero(got.ravel() != want.ravel())
+    assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
+
+
+def test_matmul_engine_takes_constant_2d_b() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (2, 3, 64), dtype=np.int8)
+    b = rng.integers(-128, 128, (64, 10), dtype=np.int8)
+    f32 = np.float32
+    ins = [a, f32(0.1), np.int8(0), b, f32(0.02), np.int8(0), f32(0.3), np.int8(0)]
+    ctx = KernelContext(target="systolic", node_name="matmul")
+    ctx.extra["constant_inputs"] = frozenset(range(1, 8))
+    with ort_engine.using("auto"):
+        lookup("", "QLinearMatMul")(ins, {}, ctx)
+    assert ctx.extra["compiled_layer"][-1] is not None
+    batched_b = list(ins)
+    batched_b[3] = np.stack([b, b])
+    ctx = KernelContext(target="systolic", node_name="matmul")
+    ctx.extra["constant_inputs"] = frozenset(range(1, 8))
+    with ort_engine.using("auto"):
+        lookup("", "QLinearMatMul")(batched_b, {}, ctx)
+    assert ctx.extra.get("compiled_layer") is None
 
 
 def test_engine_takes_the_systolic_layers_and_leaves_the_others() -> None:
@@ -130,7 +168,7 @@ def _compiled_layouts(execu: Executor) -> set[str]:
     entries = [
         plan[3].extra.get("compiled_layer")
         for node, plan in zip(execu.nodes, execu._plans, strict=True)
-        if node.op_type in ("QLinearConv", "QLinearConv_nhwc")
+        if node.op_type in ("QLinearConv", "QLinearConv_nhwc", "QLinearMatMul")
     ]
     assert entries and all(e is not None and e[-1] is not None for e in entries)
     return {e[1] for e in entries}
@@ -162,14 +200,14 @@ def test_self_check_catches_int16_pair_saturation(monkeypatch: pytest.MonkeyPatc
         m = dp.requant_multiplier(spec.x_scale, spec.w_scale, spec.y_scale)
         return dp.requantize(dp.wrap32(acc), m, spec.y_dtype, spec.y_zero_point, spec.relu)
 
-    monkeypatch.setattr(ort_engine.ConvLayer, "__call__", saturating_layer)
+    monkeypatch.setattr(ort_engine.Layer, "__call__", saturating_layer)
     assert not ort_engine.self_check()
 
 
 def test_self_check_catches_a_wrong_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = ort_engine.ConvLayer.__call__
+    real = ort_engine.Layer.__call__
     assert ort_engine.self_check()  # the real engine passes
-    monkeypatch.setattr(ort_engine.ConvLayer, "__call__", lambda self, x: real(self, x) ^ 1)
+    monkeypatch.setattr(ort_engine.Layer, "__call__", lambda self, x: real(self, x) ^ 1)
     assert not ort_engine.self_check()
 
 

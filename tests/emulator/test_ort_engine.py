@@ -244,3 +244,26 @@ def test_emulate_cli_engines_agree(systolic_digits_nchw, digits_test, tmp_path: 
     assert outs["numpy"].keys() == outs["onnxruntime"].keys()
     for k in outs["numpy"]:
         np.testing.assert_array_equal(outs["numpy"][k], outs["onnxruntime"][k])
+
+
+def test_reductions_past_the_raw_sum_bound_stay_on_the_datapath() -> None:
+    """K * 255 * 255 must stay below 2**31: the int32-wrap corner (K = 2**17 + 8) is
+    computed by the NumPy datapath and wraps as the hardware does."""
+    f32 = np.float32
+
+    def spec(k: int) -> ort_engine.LayerSpec:
+        b = np.full((k, 2), -128, np.int8)
+        return ort_engine.LayerSpec(np.dtype(np.int8), f32(1), 0, b, f32(1), 0, f32(1),
+                                    np.dtype(np.int8), 0, op="QLinearMatMul")  # fmt: skip
+
+    assert ort_engine.applies(spec(ort_engine.MAX_K))
+    assert not ort_engine.applies(spec(ort_engine.MAX_K + 1))
+    k = 2**17 + 8
+    a = np.full((1, k), -128, np.int8)
+    ins = [a, f32(1e-3), np.int8(0), spec(k).w, f32(1e-3), np.int8(0), f32(1.0), np.int8(0)]
+    with ort_engine.using("onnxruntime"):
+        got = _matmul(ins)
+    acc = np.int64(k) * 128 * 128
+    want = (acc + 2**31) % 2**32 - 2**31  # the wrapped accumulator
+    m = np.float32(np.float32(1e-3) * np.float32(1e-3))
+    assert got[0, 0] == np.clip(np.rint(np.float32(want) * m), -128, 127)

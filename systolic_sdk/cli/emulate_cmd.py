@@ -176,7 +176,7 @@ Example:
     type=click.Choice(["auto", "onnxruntime", "numpy"]),
     default="auto",
     show_default=True,
-    help="How conv layers compute: auto takes onnxruntime's integer kernels where they "
+    help="How conv and matmul layers compute: auto takes onnxruntime's kernels where they "
     "passed the bit-exactness self-check on this machine (same bits, faster), numpy the "
     "emulator's NumPy datapath everywhere; onnxruntime fails if the self-check fails.",
 )
@@ -236,9 +236,12 @@ def _emulate(
     sets = load_input_sets(inputs_path, input_names, executor.output_names)
     for inset in sets:  # every feed error before any work
         inset.feeds = executor.validate_feeds(inset.feeds)
+    from runtime_emulator import ort_engine
+
+    engine = "onnxruntime kernels where bit-exact" if ort_engine.enabled() else "NumPy datapath"
     click.echo(
         f"{model_path.name}: {len(executor.nodes)} nodes, target {executor.target}, "
-        f"DIM {dim}, {len(sets)} input set(s)"
+        f"DIM {dim}, {len(sets)} input set(s), engine: {engine}"
     )
     mismatch = False
     for k, inset in enumerate(sets):

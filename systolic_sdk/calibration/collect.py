@@ -216,7 +216,8 @@ def collect(
     reducible = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
     reduce = [n for n in reducible if n not in derived]
     raw = [n for n in observed if n not in reduce]
-    sess = open_session(model, raw, providers, reduce)
+    # Histograms are binned in a thread while onnxruntime runs: its idle threads sleep.
+    sess = open_session(model, raw, providers, reduce, sleep_idle_threads=histogram)
     full_sess = sess if not reduce else None  # all tensors raw: for NaN/Inf follow-ups
     wanted = set(raw)
     fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
@@ -249,7 +250,7 @@ def collect(
                 run = _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, sample_base)
             if run is None:  # plain run, or NaN/Inf seen: look at every tensor itself
                 if full_sess is None:
-                    full_sess = open_session(model, names, providers)
+                    full_sess = open_session(model, names, providers, sleep_idle_threads=histogram)
                 full_fetch = [o.name for o in full_sess.get_outputs() if o.name in set(names)]
                 run = _observe(full_sess, full_fetch, feed, n, sample_base, skip_nonfinite, order)
             if run is None:  # every sample of the batch skipped

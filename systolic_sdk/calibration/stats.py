@@ -297,7 +297,9 @@ def bin_counts(values: np.ndarray, exponent: int, first: int, size: int) -> np.n
     flat = values.ravel()
     step = max(BIN_CHUNK, 4 * size)  # the per-step counts cost O(size)
     scaled_buf = np.empty(min(flat.size, step), values.dtype)
-    index_buf = np.empty(scaled_buf.size, np.int32)  # cheaper to fill than intp
+    # intp: np.bincount takes it as it is; another type would be converted while it holds
+    # the GIL, which the collector's main thread needs meanwhile.
+    index_buf = np.empty(scaled_buf.size, np.intp)
     counts = np.zeros(size, np.int64)
     for start in range(0, flat.size, step):
         part = flat[start : start + step]

@@ -7,7 +7,8 @@ ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime 
 sum detects NaN/Inf, which onnxruntime's ReduceMin/ReduceMax skip; a batch with one is
 looked at again tensor by tensor, to name the sample and tensor). The histogram
 calibrators fetch the activations themselves as extra graph outputs and bin them in a
-worker thread, one batch behind, while onnxruntime computes the next batch.
+worker thread, one batch behind, while onnxruntime computes the next batch (its idle
+threads then sleep instead of spinning, leaving the cores to the binning).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
 calibrated too are neither reduced nor fetched: their extremes are their source's,

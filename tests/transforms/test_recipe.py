@@ -7,8 +7,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from systolic_sdk.backends.systolic.scales import activation_scales
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
 from systolic_sdk.transforms import equalize, per_tensor_recipe
+from systolic_sdk.transforms.sequential import round_sequentially
 from systolic_sdk.transforms.weight_rounding import grid_weights, round_weights
 from tests.transforms.builders import mobile_block, run
 from tests.transforms.test_weight_rounding import _assert_on_grid, _calib
@@ -60,13 +62,13 @@ def test_equalization_alone_is_equalize() -> None:
     assert out.SerializeToString() == equalize(model).SerializeToString()
 
 
-def test_default_grid_weights_and_mean_preserving_biases() -> None:
-    """Defaults: weights on their per-tensor grid (GPTQ), biases corrected so that the
-    first layer's mean output on the calibration data is the fp32 one."""
+def test_fp32_measured_grid_weights_and_mean_preserving_biases() -> None:
+    """Measured on fp32: weights on their per-tensor grid (GPTQ), biases corrected so that
+    the first layer's mean output on the calibration data is the fp32 one."""
     rng = np.random.default_rng(0)
     model = mobile_block(rng, "Relu6")
     x = _calib(rng)
-    out = per_tensor_recipe(model, x)
+    out = per_tensor_recipe(model, x, int8_in_loop=False)
     onnx.checker.check_model(out)
     assert [i.name for i in out.graph.input] == [i.name for i in model.graph.input]
     assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
@@ -75,7 +77,7 @@ def test_default_grid_weights_and_mean_preserving_biases() -> None:
     np.testing.assert_allclose(
         _first_layer_means(out, x), _first_layer_means(model, x), rtol=1e-5, atol=1e-5
     )
-    rounded_only = per_tensor_recipe(model, x, bias_correction=False)
+    rounded_only = per_tensor_recipe(model, x, bias_correction=False, int8_in_loop=False)
     assert not np.allclose(_first_layer_means(rounded_only, x), _first_layer_means(model, x))
     # held out: closer to fp32 than the weights the quantizer would round by itself
     x_eval = _calib(rng)
@@ -91,3 +93,25 @@ def test_reader_without_rewind_is_read_once_and_replayed() -> None:
     from_reader = per_tensor_recipe(model, _OnceReader(x))
     from_array = per_tensor_recipe(model, ArrayReader({"x": x}, 4))
     assert from_reader.SerializeToString() == from_array.SerializeToString()
+
+
+def test_default_measures_in_the_int8_model() -> None:
+    """The default is round_sequentially with the Systolic backend's MinMax scales; given
+    scales (a mapping or a function) are used instead."""
+    rng = np.random.default_rng(4)
+    model = mobile_block(rng, "Relu6")
+    x = _calib(rng)
+    out = per_tensor_recipe(model, x)
+    for w in grid_weights(out).values():
+        _assert_on_grid(w)
+    scales = activation_scales(model, ArrayReader({"x": x}, 8))
+    assert "a1" in scales and "x" in scales
+    by_hand = round_sequentially(model, ArrayReader({"x": x}, 8), scales)
+    del out.metadata_props[:]
+    assert out.SerializeToString() == by_hand.SerializeToString()
+    halved = {k: v / 2 for k, v in scales.items()}
+    from_function = per_tensor_recipe(model, x, activation_scales=lambda m, r: halved)
+    from_mapping = per_tensor_recipe(model, x, activation_scales=halved)
+    assert from_function.SerializeToString() == from_mapping.SerializeToString()
+    del from_mapping.metadata_props[:]
+    assert from_mapping.SerializeToString() != out.SerializeToString()

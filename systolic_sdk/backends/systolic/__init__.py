@@ -162,9 +162,10 @@ def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> lis
 
 def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.ModelProto:
     """The fp32 preparation for per-tensor weights (:func:`per_tensor_recipe`: by default
-    GPTQ weight rounding and bias correction, measured on ``reader``; cross-layer
-    equalization on request). A step the config switches explicitly is passed on; the
-    data-driven steps are skipped without data (with a warning if one was asked for)."""
+    GPTQ weight rounding and bias correction, measured on ``reader`` in the int8 model
+    with the activation scales this ``config`` will give; cross-layer equalization on
+    request). A step the config switches explicitly is passed on; the data-driven steps
+    are skipped without data (with a warning if one was asked for)."""
     from systolic_sdk.transforms.recipe import per_tensor_recipe
 
     switches = {n: getattr(config, n) for n in PREP_SWITCHES if getattr(config, n) is not None}
@@ -173,7 +174,12 @@ def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.M
         if asked:
             what = " and ".join(n.replace("_", " ") for n in asked)
             warn(f"{what} needs calibration data; skipped")
-    return per_tensor_recipe(model, reader, **switches)
+    from systolic_sdk.backends.systolic.scales import activation_scales
+
+    def scales(prepared: onnx.ModelProto, data) -> dict[str, float]:
+        return activation_scales(prepared, data, config)
+
+    return per_tensor_recipe(model, reader, activation_scales=scales, **switches)
 
 
 def check_systolic_graph(model: onnx.ModelProto) -> None:

@@ -1,0 +1,44 @@
+"""The int8 activation scales a Systolic quantization will choose, known before it runs.
+
+The fp32 preparation measures layers in the int8 model (``transforms.sequential``), so it
+needs the scales of the activations the deployed graph quantizes: the tensors the
+backend's rules calibrate, their MinMax ranges on the calibration data, the backend's
+range narrowing (``passes.narrow_ranges``) and the spec-7 scale (``params``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+from systolic_sdk.backends.systolic.params import activation_params
+from systolic_sdk.backends.systolic.passes import narrow_ranges
+from systolic_sdk.calibration import calibrate
+from systolic_sdk.calibration.reader import CalibrationDataReader
+from systolic_sdk.quantization.config import QuantConfig
+from systolic_sdk.quantization.types import OutputForm, QuantType
+
+
+def activation_scales(
+    model: onnx.ModelProto, reader: CalibrationDataReader, config: QuantConfig | None = None
+) -> dict[str, float]:
+    """``{tensor: scale}`` (float32 values as Python floats) of every activation the
+    Systolic backend quantizes in ``model`` (names as ``tensors_to_calibrate`` gives them) under
+    ``config`` (default: the backend's defaults), calibrated with MinMax on ``reader``
+    (rewound first when it can be)."""
+    from systolic_sdk.quantization import tensors_to_calibrate
+
+    cfg = config or QuantConfig(backend="systolic", form=OutputForm.QOPERATOR)
+    cfg = dataclasses.replace(cfg, form=OutputForm.QOPERATOR)
+    names = tensors_to_calibrate(model, cfg)
+    if not names:
+        return {}
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    ranges = calibrate(model, reader, names, "minmax", progress=False)
+    ranges = narrow_ranges(model, ranges)
+    return {
+        name: float(activation_params(lo, hi, QuantType.QInt8).scale)
+        for name, (lo, hi) in ranges.items()
+    }

@@ -1,8 +1,11 @@
 """The Systolic backend end to end, through the command line a user runs.
 
 For each model and layout: ``systolic-quantize quantize --backend systolic`` (with the
-default fp32 preparation, GPTQ weight rounding and bias correction; in the first layout
-also with cross-layer equalization and bias correction, and with no preparation),
+default fp32 preparation, GPTQ weight rounding and bias correction measured layer by
+layer in the int8 model; in the first layout also with both measured on the fp32 model
+(extra option ``SystolicInt8InLoop=False``, which the command line does not expose: that
+variant calls ``api.quantize_static`` in a child process), with cross-layer equalization
+and bias correction, and with no preparation),
 then ``systolic-quantize validate`` on held-out inputs: bit-exactness of every traced
 tensor against onnxruntime on the standard-ONNX lowering, top-1 agreement and SQNR of the
 logits against fp32. onnxruntime's own static quantizer (QDQ, int8, MinMax) per tensor and
@@ -63,7 +66,11 @@ def _folds(name: str) -> tuple[Path, str, list[Fold]]:
 
 def _cli(args: list[str]) -> float:
     t = time.perf_counter()
-    done = subprocess.run(CLI + args, capture_output=True, text=True)
+    if "--api-extra" in args:  # an extra option the command line does not expose
+        args = [sys.executable, __file__, "--quantize-api", *args]
+    else:
+        args = CLI + args
+    done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(args[:2])} failed:\n{done.stdout}\n{done.stderr}")
     return time.perf_counter() - t
@@ -82,7 +89,8 @@ def _logits(path: Path, input_name: str, x: np.ndarray) -> np.ndarray:
 
 #: (label, quantize flags): the default recipe, and variants of the fp32 preparation.
 VARIANTS = {
-    "default": ("GPTQ + BC (default)", []),
+    "default": ("GPTQ + BC in the int8 model (default)", []),
+    "fp32": ("GPTQ + BC on fp32", ["--api-extra", json.dumps({"SystolicInt8InLoop": False})]),
     "cle": ("CLE + BC", ["--equalization", "--no-weight-rounding"]),
     "plain": ("plain", ["--no-weight-rounding", "--no-bias-correction"]),
 }
@@ -189,7 +197,30 @@ def onnxruntime_anchor(
     return {"top1": agree / total, "sqnr": float(np.mean(sqnr)), "quantize_s": t_q / len(folds)}
 
 
+def _quantize_api(argv: list[str]) -> int:
+    """``quantize MODEL -o OUT --backend systolic --layout L --calibration-data NPZ -q
+    --api-extra JSON``, through ``api.quantize_static`` with the extra options."""
+    from systolic_sdk import api
+    from systolic_sdk.calibration import open_source
+    from systolic_sdk.graph.io import load_model
+
+    model, out = Path(argv[1]), Path(argv[argv.index("-o") + 1])
+    extra = json.loads(argv[argv.index("--api-extra") + 1])
+    extra["SystolicLayout"] = argv[argv.index("--layout") + 1]
+    fp32 = load_model(model)
+    reader = open_source(Path(argv[argv.index("--calibration-data") + 1]), fp32)
+    reader.collect_options = {"progress": False}
+    q = api.quantize_static(
+        fp32, None, reader, quant_format="QOperator", backend="systolic", extra_options=extra
+    )
+    api.save_output(q, out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--quantize-api"]:
+        return _quantize_api(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["digits_cnn", "efficientnet_lite0"])
     ap.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"])

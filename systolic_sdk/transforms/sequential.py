@@ -14,9 +14,15 @@ At each Conv/Gemm/MatMul, before it runs in the int8 copy:
 
 1. GPTQ chooses its per-tensor int8 weights on ``H = E[x~ x~^T]``, the second moment of
    the layer's *quantized* inputs ``x~`` (what the accelerator multiplies);
-2. its bias absorbs the mean output shift against fp32: ``E[Q(W) x~] - E[W x]`` (per
+2. its bias absorbs the mean output shift against fp32, ``E[Q(W) x~] - E[W x]`` (per
    output channel, borders exact as in :mod:`bias_correction`), which also removes the
-   mean shift the quantization of all earlier layers and activations propagated.
+   mean shift the quantization of all earlier layers and activations propagated;
+3. when a Relu or a constant-bound Clip (ReLU6) alone reads its output, the bias then
+   moves further, per channel, until the mean *after* that activation matches fp32's:
+   ``E[clip(y~ + d)] = E[clip(y)]`` (the shift ``d`` nearest 0, by bisection). Matching
+   the mean before the activation leaves a bias after it: the int8 model's outputs are
+   noisier, and the activation rectifies noise. On EfficientNet-Lite0 this step is
+   worth 6 dB of SQNR at the logits over step 2 alone (13.8 -> 19.7 dB).
 
 The next layers then see the consequences. Every node runs once per path (onnxruntime,
 one single-node model per node), so the cost is about two forward passes plus the GPTQ

@@ -15,6 +15,7 @@ from systolic_helpers import initializers
 from systolic_sdk import api
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader
 from systolic_sdk.cli import cli
+from systolic_sdk.errors import SdkError
 from systolic_sdk.quantization.warn import QuantizationWarning
 from systolic_sdk.transforms import per_tensor_recipe
 
@@ -138,3 +139,17 @@ def test_the_quantized_model_records_the_applied_steps(digits_model, calib, plai
     props = {p.key: p.value for p in default.metadata_props}
     assert props["systolic_sdk.float_prep"] == "weight_rounding,bias_correction"
     assert "systolic_sdk.float_prep" not in {p.key for p in plain.metadata_props}
+
+
+def test_int8_in_loop_extra_option(digits_model, calib) -> None:
+    """SystolicInt8InLoop=False measures GPTQ and bias correction on fp32 instead (the
+    recipe's int8_in_loop=False); anything but a bool is refused."""
+    fp32_measured = _quantize(
+        digits_model, calib, backend="systolic", extra_options={"SystolicInt8InLoop": False}
+    )
+    assert _same(fp32_measured, _by_hand(digits_model, calib, int8_in_loop=False))
+    assert not _same(fp32_measured, _quantize(digits_model, calib, backend="systolic"))
+    with pytest.raises(SdkError, match="SystolicInt8InLoop: expected True or False, got 'no'"):
+        _quantize(
+            digits_model, calib, backend="systolic", extra_options={"SystolicInt8InLoop": "no"}
+        )

@@ -7,7 +7,10 @@ Public API:
   node-by-node records (:meth:`Executor.iter_nodes`);
 - :class:`ArrayConfig`, :func:`layer_stats`, :class:`LayerStats`: the array model;
 - :func:`load_input_sets`, :func:`write_outputs`, :func:`write_trace`: inputs and
-  outputs of runs (``runtime_emulator.io``).
+  outputs of runs (``runtime_emulator.io``);
+- ``runtime_emulator.ort_engine``: which engine computes conv and matmul layers
+  (``set_engine("auto" | "numpy" | "onnxruntime")``, ``using(...)``; the same bits either
+  way, onnxruntime's kernels being faster where their self-check passed).
 """
 
 from runtime_emulator.array import ArrayConfig, LayerStats, layer_stats, record_stats

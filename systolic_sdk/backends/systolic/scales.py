@@ -2,8 +2,9 @@
 
 The fp32 preparation measures layers in the int8 model (``transforms.sequential``), so it
 needs the scales of the activations the deployed graph quantizes: the tensors the
-backend's rules calibrate, their MinMax ranges on the calibration data, the backend's
-range narrowing (``passes.narrow_ranges``) and the spec-7 scale (``params``).
+backend's rules calibrate, their ranges on the calibration data (MinMax, the command
+line's default, unless told otherwise), the backend's range narrowing
+(``passes.narrow_ranges``) and the spec-7 scale (``params``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from systolic_sdk.quantization.types import OutputForm, QuantType
 
 
 def activation_scales(
-    model: onnx.ModelProto, reader: CalibrationDataReader, config: QuantConfig | None = None
+    model: onnx.ModelProto,
+    reader: CalibrationDataReader,
+    config: QuantConfig | None = None,
+    method: str = "minmax",
 ) -> dict[str, float]:
     """``{tensor: scale}`` (float32 values as Python floats) of every activation the
     Systolic backend quantizes in ``model`` (names as ``tensors_to_calibrate`` gives them) under
-    ``config`` (default: the backend's defaults), calibrated with MinMax on ``reader``
-    (rewound first when it can be)."""
+    ``config`` (default: the backend's defaults), calibrated with ``method`` (one of
+    ``calibration.METHODS``) on ``reader`` (rewound first when it can be)."""
     from systolic_sdk.quantization import tensors_to_calibrate
 
     cfg = config or QuantConfig(backend="systolic", form=OutputForm.QOPERATOR)
@@ -36,7 +40,7 @@ def activation_scales(
         return {}
     if hasattr(reader, "rewind"):
         reader.rewind()
-    ranges = calibrate(model, reader, names, "minmax", progress=False)
+    ranges = calibrate(model, reader, names, method, progress=False)
     ranges = narrow_ranges(model, ranges)
     return {
         name: float(activation_params(lo, hi, QuantType.QInt8).scale)

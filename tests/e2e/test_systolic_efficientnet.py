@@ -40,8 +40,8 @@ def photos(tmp_path_factory) -> tuple[Path, Path, str]:
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_quantize_then_validate_is_bit_exact(photos, tmp_path: Path, layout: str) -> None:
     """The default preparation (GPTQ weights and bias correction measured layer by layer in
-    the int8 model) in NCHW; NHWC with
-    cross-layer equalization, whose per-channel ReLU6 bounds run as int8 Min."""
+    the int8 model) in NCHW; NHWC with cross-layer equalization, whose per-channel ReLU6
+    bounds run as int8 Min."""
     calib, data, _ = photos
     out, report = tmp_path / "effnet.systolic.onnx", tmp_path / "report.json"
     runner = CliRunner()

@@ -108,6 +108,17 @@ def test_activation_means_match_fp32_in_the_int8_model() -> None:
     assert err(sim) < err(sim_plain)
 
 
+def test_max_samples_takes_evenly_spaced_samples() -> None:
+    rng = np.random.default_rng(5)
+    model = mobile_block(rng, "Relu6")
+    x = _calib(rng, 10)
+    scales = activation_scales(model, ArrayReader({"x": x}, 8))
+    capped = round_sequentially(model, x, scales, max_samples=4)
+    by_hand = round_sequentially(model, x[[0, 3, 6, 9]], scales, max_samples=None)
+    assert capped.SerializeToString() == by_hand.SerializeToString()
+    assert capped.SerializeToString() != round_sequentially(model, x, scales).SerializeToString()
+
+
 def test_bad_inputs_raise_sdk_error() -> None:
     model = mobile_block(np.random.default_rng(3), "Relu")
     x = _calib(np.random.default_rng(3))
@@ -115,6 +126,8 @@ def test_bad_inputs_raise_sdk_error() -> None:
         round_sequentially(model, x, {"nope": 1.0})
     with pytest.raises(SdkError, match="damping"):
         round_sequentially(model, x, {}, damping=-1.0)
+    with pytest.raises(SdkError, match="max_samples >= 1"):
+        round_sequentially(model, x, {}, max_samples=0)
     with pytest.raises(SdkError, match="empty"):
         round_sequentially(model, {"x": x[:0]}, {})
 

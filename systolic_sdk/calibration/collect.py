@@ -359,6 +359,10 @@ def _run_jobs(jobs: list[HistogramJob]) -> None:
         update_clipped(*job)
 
 
+# Batches with fewer values than this are binned in the calling thread.
+THREADED_MIN_VALUES = 1 << 20
+
+
 class _Binner:
     """Runs histogram updates one batch behind, in a worker thread, while onnxruntime
     computes the next batch (both release the GIL for most of their work). Updates keep
@@ -370,8 +374,8 @@ class _Binner:
 
     def submit(self, jobs: list[HistogramJob]) -> None:
         self.wait()
-        if self._pool is None:
-            _run_jobs(jobs)
+        if self._pool is None or sum(job[2].size for job in jobs) < THREADED_MIN_VALUES:
+            _run_jobs(jobs)  # a small batch: the hand-over would cost more than it saves
         else:
             self._pending = self._pool.submit(_run_jobs, jobs)
 

@@ -4,6 +4,7 @@ their statistics (extremes, histograms binned once per group) equal to direct on
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import onnx
@@ -197,8 +198,13 @@ def test_collected_statistics_of_derived_tensors_equal_direct_ones(batch_size):
                 assert _same(got[name].histogram, ref)
 
 
-def test_reader_refilling_one_buffer(model, samples):
-    """Histograms are binned one batch behind; inputs must not change under them."""
+@pytest.mark.parametrize("threaded_min", [0, None])
+def test_reader_refilling_one_buffer(model, samples, threaded_min, monkeypatch):
+    """Histograms are binned one batch behind (in a thread when batches are large: 0 forces
+    it); inputs must not change under them."""
+    if threaded_min is not None:
+        collect_mod = sys.modules["systolic_sdk.calibration.collect"]
+        monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", threaded_min)
 
     class Refill:
         def __init__(self) -> None:

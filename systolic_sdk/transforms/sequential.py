@@ -104,10 +104,12 @@ def round_sequentially(
     for name in activation_scales:
         if name not in known:
             raise SdkError(f"round_sequentially: activation_scales names '{name}', not a tensor")
-    rounded = {la.layer.node.output[0]: la for la in _layers(index)}
+    layers = list(_layers(index))
     if bias_correction:
-        for la in rounded.values():
+        for la in layers:
             _ensure_bias(index, la.layer)
+    # Keyed after _ensure_bias: a MatMul's output is renamed when it gains its bias Add.
+    rounded = {la.layer.node.output[0]: la for la in layers}
     nodes = list(out.graph.node)  # after _ensure_bias (a MatMul may have gained an Add)
     original = {name: numpy_helper.to_array(t) for name, t in index.inits.items()}
     inputs = _gather(out, data, batch_size)

@@ -153,3 +153,20 @@ def test_digits_model_closer_to_fp32_than_fp32_measured(
         return float(np.linalg.norm(y - ref))
 
     assert err(in_loop) < err(on_fp32)
+
+
+def test_matmul_without_bias_gains_one_and_is_rounded() -> None:
+    """A bias-less MatMul after a Flatten (its output renamed when the bias Add is added):
+    every layer ends on the int8 grid and the MatMul keeps a bias of its own."""
+    from tests.conftest import tiny_conv_model
+
+    model = tiny_conv_model()
+    x = np.random.default_rng(2).normal(size=(16, 1, 4, 4)).astype(np.float32)
+    scales = {"r": float(np.abs(x).max()) / 127, "f": float(np.abs(x).max()) / 127}
+    out = round_sequentially(model, ArrayReader({"x": x}, 4), scales)
+    w = _weights(out)
+    for name in ("w", "w2"):
+        _assert_on_grid(w[name])
+    adds = [n for n in out.graph.node if n.op_type == "Add"]
+    assert len(adds) == 1 and adds[0].output[0] == "y"
+    assert run(out, {"x": x}).shape == (16, 3)

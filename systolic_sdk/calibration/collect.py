@@ -7,9 +7,9 @@ ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime 
 sum detects NaN/Inf, which onnxruntime's ReduceMin/ReduceMax skip; a batch with one is
 looked at again tensor by tensor, to name the sample and tensor). The histogram
 calibrators fetch the activations themselves as extra graph outputs and bin them in a
-worker thread, one batch behind, while onnxruntime computes the next batch.
-onnxruntime's idle threads sleep instead of spinning: the cores go to the binning thread
-(and to other processes) between operators.
+worker thread, one batch behind, while onnxruntime computes the next batch; onnxruntime's
+idle threads then sleep instead of spinning, so that the binning gets the cores between
+operators (the min/max sessions keep onnxruntime's default, as its own calibrators).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
 calibrated too are neither reduced nor fetched: their extremes are their source's,
@@ -218,7 +218,7 @@ def collect(
     reducible = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
     reduce = [n for n in reducible if n not in derived]
     raw = [n for n in observed if n not in reduce]
-    sess = open_session(model, raw, providers, reduce)
+    sess = open_session(model, raw, providers, reduce, sleep_idle_threads=histogram)
     full_sess = sess if not reduce else None  # all tensors raw: for NaN/Inf follow-ups
     wanted = set(raw)
     fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
@@ -251,7 +251,7 @@ def collect(
                 run = _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, sample_base)
             if run is None:  # plain run, or NaN/Inf seen: look at every tensor itself
                 if full_sess is None:
-                    full_sess = open_session(model, names, providers)
+                    full_sess = open_session(model, names, providers, sleep_idle_threads=histogram)
                 full_fetch = [o.name for o in full_sess.get_outputs() if o.name in set(names)]
                 run = _observe(full_sess, full_fetch, feed, n, sample_base, skip_nonfinite, order)
             if run is None:  # every sample of the batch skipped

@@ -280,24 +280,28 @@ def open_session(
     names: Sequence[str],
     providers: Sequence[str] | None,
     reduce: Sequence[str] = (),
+    sleep_idle_threads: bool = False,
 ):
     """An onnxruntime session of ``model`` with ``names`` as extra outputs, and the
     per-sample min/max/sum of the tensors ``reduce`` (see :func:`reduced_name`).
 
     The additions live in ``model`` only while it is serialized (no copy of the
     weights); graph optimizations are off, as in onnxruntime's own calibrators, so every
-    tensor is the fp32 model's. Idle onnxruntime threads sleep rather than spin.
+    tensor is the fp32 model's. ``sleep_idle_threads``: onnxruntime's idle threads sleep
+    rather than spin (for a caller that works in a thread of its own meanwhile).
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    # Idle threads sleep instead of spinning: a thread of ours working meanwhile (the
-    # histogram binning) and other processes get the cores; results are unchanged. On
-    # a shared 2-core machine this cut the CPU time of the min/max runs by a third.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if sleep_idle_threads:
+        # Idle threads sleep instead of spinning: the caller's own thread (the histogram
+        # binning) gets the cores between operators; results are unchanged. Otherwise
+        # onnxruntime's default (spinning: faster on an idle machine, as its own
+        # calibrators run).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     graph = model.graph
     sizes = len(graph.output), len(graph.node), len(graph.initializer)
     present = {o.name for o in graph.output} | {i.name for i in graph.input}

@@ -128,16 +128,17 @@ def float_prep_options(func: F) -> F:
         "--bias-correction/--no-bias-correction",
         "bias_correction",
         default=None,
-        help="Correct Conv/Gemm/MatMul biases for the mean error of the int8 weights, "
-        "measured on the calibration data.  [default: on for --backend systolic]",
+        help="Correct Conv/Gemm/MatMul biases so each layer's mean output (after its "
+        "Relu/ReLU6) matches fp32's, measured on the calibration data layer by layer in the "
+        "int8 model.  [default: on for --backend systolic]",
     )(func)
     func = click.option(
         "--weight-rounding/--no-weight-rounding",
         "weight_rounding",
         default=None,
-        help="Choose each layer's int8 weights with GPTQ on the calibration data (errors "
-        "compensated across input channels) instead of rounding to nearest.  "
-        "[default: on for --backend systolic]",
+        help="Choose each layer's int8 weights with GPTQ on the calibration data as the int8 "
+        "model feeds the layer (errors compensated across input channels) instead of "
+        "rounding to nearest.  [default: on for --backend systolic]",
     )(func)
     return click.option(
         "--equalization/--no-equalization",

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -267,6 +267,46 @@ def compile_layer(spec: LayerSpec) -> Layer | None:
         return Layer(spec)
     except Exception:  # noqa: BLE001 - a layer onnxruntime refuses runs on the datapath
         return None
+
+
+def node_layer(
+    extra: dict[str, Any],
+    inputs: Sequence[np.ndarray | None],
+    key: tuple[Any, ...],
+    make_spec: Callable[[], LayerSpec],
+) -> Layer | None:
+    """A node's compiled layer, made once per node and kept in its context ``extra``.
+
+    None (the NumPy datapath runs the node) when the engine is ``numpy``, when an input
+    other than the first is not a constant (``extra["constant_inputs"]``), or when the
+    engine does not take the layer. ``key`` holds what else the layer depends on (the
+    first input's dtype, the layout); the entry keeps the operand arrays alive, so an
+    identity match means the same arrays.
+    """
+    if engine() == "numpy":
+        return None
+    const = extra.get("constant_inputs", ())
+    operands = tuple(inputs[1:])
+    if any(v is not None and i + 1 not in const for i, v in enumerate(operands)):
+        return None
+    cached = extra.get("compiled_layer")
+    if (
+        cached is not None
+        and cached[0] == key
+        and len(cached[1]) == len(operands)
+        and all(a is b for a, b in zip(cached[1], operands, strict=True))
+    ):
+        return cached[2]
+    layer = compile_layer(make_spec())
+    extra["compiled_layer"] = (key, operands, layer)
+    return layer
+
+
+def drop_layer(extra: dict[str, Any]) -> None:
+    """Send the node to the NumPy datapath from now on (onnxruntime refused an input)."""
+    cached = extra.get("compiled_layer")
+    if cached is not None:
+        extra["compiled_layer"] = (cached[0], cached[1], None)
 
 
 # --- self-check ------------------------------------------------------------------------

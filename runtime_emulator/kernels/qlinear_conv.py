@@ -130,7 +130,7 @@ def qlinear_conv_nchw(
         try:
             return layer(x if nhwc_x is None else nhwc_x)
         except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
-            ctx.extra["compiled_layer"] = (x.dtype, layout, tuple(inputs[1:]), None)
+            ort_engine.drop_layer(ctx.extra)
     wc, prepared = _weights(w, w_zp, inputs, ctx)
     y = conv_requantize(
         _centered(np.ascontiguousarray(x), x_zp),
@@ -157,44 +157,31 @@ def _compiled_layer(
     layout: str,
     ctx: KernelContext,
 ) -> ort_engine.Layer | None:
-    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
-    made once per node when every operand but ``x`` is a constant and the engine handles
-    the layer; None sends the call to the NumPy datapath."""
+    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`);
+    None sends the call to the NumPy datapath."""
     x_zp, w_zp, y_zp = zero_points
-    if ort_engine.engine() == "numpy" or x.size == 0 or w_zp.size != 1:
+    if x.size == 0 or w_zp.size != 1:
         return None
-    const = ctx.extra.get("constant_inputs", ())
-    operands = tuple(inputs[1:])
-    if any(v is not None and i + 1 not in const for i, v in enumerate(operands)):
-        return None
-    cached = ctx.extra.get("compiled_layer")
-    if (
-        cached is not None
-        and cached[:2] == (x.dtype, layout)
-        and len(cached[2]) == len(operands)
-        and all(a is b for a, b in zip(cached[2], operands, strict=True))
-    ):
-        return cached[3]
     x_scale, w_scale, y_scale = scales
-    spec = ort_engine.LayerSpec(
-        x_dtype=x.dtype,
-        x_scale=np.asarray(x_scale, np.float32),
-        x_zero_point=int(x_zp.reshape(())),
-        w=inputs[3],
-        w_scale=np.asarray(w_scale, np.float32),
-        w_zero_point=int(w_zp.reshape(())),
-        y_scale=np.asarray(y_scale, np.float32),
-        y_dtype=np.dtype(y_dtype),
-        y_zero_point=int(y_zp.reshape(())),
-        bias=inputs[8] if len(inputs) > 8 else None,
-        relu=relu,
-        layout=layout,
-        **geometry,
-    )
-    layer = ort_engine.compile_layer(spec)
-    # The entry keeps the operand arrays alive: an identity match means the same arrays.
-    ctx.extra["compiled_layer"] = (x.dtype, layout, operands, layer)
-    return layer
+
+    def spec() -> ort_engine.LayerSpec:
+        return ort_engine.LayerSpec(
+            x_dtype=x.dtype,
+            x_scale=np.asarray(x_scale, np.float32),
+            x_zero_point=int(x_zp.reshape(())),
+            w=inputs[3],
+            w_scale=np.asarray(w_scale, np.float32),
+            w_zero_point=int(w_zp.reshape(())),
+            y_scale=np.asarray(y_scale, np.float32),
+            y_dtype=np.dtype(y_dtype),
+            y_zero_point=int(y_zp.reshape(())),
+            bias=inputs[8] if len(inputs) > 8 else None,
+            relu=relu,
+            layout=layout,
+            **geometry,
+        )
+
+    return ort_engine.node_layer(ctx.extra, inputs, (x.dtype, layout), spec)
 
 
 def _weights(

@@ -120,47 +120,34 @@ def _compiled_layer(
     zero_points: tuple[np.ndarray, np.ndarray, np.ndarray],
     ctx: KernelContext,
 ) -> ort_engine.Layer | None:
-    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`),
-    made once per node when every operand but ``a`` is a constant, ``a`` has at least two
-    axes and a 2-D ``b``, and the scales and zero points are per tensor (``b``'s scale may
-    be per column); None sends the call to the NumPy datapath."""
+    """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`)
+    when ``a`` has at least two axes, ``b`` is 2-D and the scales and zero points are per
+    tensor (``b``'s scale may be per column); None sends the call to the NumPy datapath."""
     a_zp, b_zp, y_zp = zero_points
     a_scale, b_scale, y_scale = scales
     b = inputs[3]
-    if ort_engine.engine() == "numpy" or a.ndim < 2 or a.size == 0 or b.ndim != 2:
+    if a.ndim < 2 or a.size == 0 or b.ndim != 2:
         return None
     if a_zp.size != 1 or b_zp.size != 1 or a_scale.size != 1 or b_scale.ndim > 1:
         return None
     if any(np.asarray(s).dtype != np.float32 for s in scales):
         return None  # float16 scales (opset 21) stay on the datapath
-    const = ctx.extra.get("constant_inputs", ())
-    operands = tuple(inputs[1:])
-    if any(v is not None and i + 1 not in const for i, v in enumerate(operands)):
-        return None
-    cached = ctx.extra.get("compiled_layer")
-    if (
-        cached is not None
-        and cached[0] == a.dtype
-        and len(cached[1]) == len(operands)
-        and all(x is y for x, y in zip(cached[1], operands, strict=True))
-    ):
-        return cached[2]
-    spec = ort_engine.LayerSpec(
-        x_dtype=a.dtype,
-        x_scale=np.asarray(a_scale, np.float32),
-        x_zero_point=int(a_zp.reshape(())),
-        w=b,
-        w_scale=np.asarray(b_scale, np.float32),
-        w_zero_point=int(b_zp.reshape(())),
-        y_scale=np.asarray(y_scale, np.float32),
-        y_dtype=y_zp.dtype,
-        y_zero_point=int(y_zp.reshape(())),
-        op="QLinearMatMul",
-    )
-    layer = ort_engine.compile_layer(spec)
-    # The entry keeps the operand arrays alive: an identity match means the same arrays.
-    ctx.extra["compiled_layer"] = (a.dtype, operands, layer)
-    return layer
+
+    def spec() -> ort_engine.LayerSpec:
+        return ort_engine.LayerSpec(
+            x_dtype=a.dtype,
+            x_scale=np.asarray(a_scale, np.float32),
+            x_zero_point=int(a_zp.reshape(())),
+            w=b,
+            w_scale=np.asarray(b_scale, np.float32),
+            w_zero_point=int(b_zp.reshape(())),
+            y_scale=np.asarray(y_scale, np.float32),
+            y_dtype=y_zp.dtype,
+            y_zero_point=int(y_zp.reshape(())),
+            op="QLinearMatMul",
+        )
+
+    return ort_engine.node_layer(ctx.extra, inputs, (a.dtype,), spec)
 
 
 @register("QLinearMatMul")
@@ -198,7 +185,7 @@ def qlinear_matmul(
         try:
             return [layer(a)]
         except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
-            ctx.extra["compiled_layer"] = (a.dtype, tuple(inputs[1:]), None)
+            ort_engine.drop_layer(ctx.extra)
     acc = _accumulate(_centered(a2, a_zp), b2, b_zp, inputs, ctx)
     # Float16 scales (opset 21) are widened to float32 exactly, as onnxruntime does.
     mult = dp.requant_multiplier(a_scale, b_scale, y_scale)

@@ -171,7 +171,7 @@ def _compiled_layouts(execu: Executor) -> set[str]:
         if node.op_type in ("QLinearConv", "QLinearConv_nhwc", "QLinearMatMul")
     ]
     assert entries and all(e is not None and e[-1] is not None for e in entries)
-    return {e[1] for e in entries}
+    return {e[0][1] for e in entries if len(e[0]) > 1}
 
 
 def test_nhwc_model_traces_identically(systolic_digits_nhwc, digits_test) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,11 +175,11 @@ Example:
 @click.option(
     "--engine",
     type=click.Choice(["auto", "onnxruntime", "numpy"]),
-    default="auto",
-    show_default=True,
+    default=None,
     help="How conv and matmul layers compute: auto takes onnxruntime's kernels where they "
     "passed the bit-exactness self-check on this machine (same bits, faster), numpy the "
-    "emulator's NumPy datapath everywhere; onnxruntime fails if the self-check fails.",
+    "emulator's NumPy datapath everywhere; onnxruntime fails if the self-check fails.  "
+    "[default: $SYSTOLIC_EMULATOR_ENGINE, else auto]",
 )
 @click.option(
     "--strict", is_flag=True, help="Exit with code 1 when outputs differ from output_K.pb."
@@ -191,13 +192,13 @@ def emulate(
     dim: int,
     target: str | None,
     acc_range: str,
-    engine: str,
+    engine: str | None,
     strict: bool,
 ) -> None:
     from runtime_emulator import ort_engine
 
     try:
-        with ort_engine.using(engine):
+        with ort_engine.using(engine) if engine else contextlib.nullcontext():
             mismatch = _emulate(model, inputs_path, output, trace_dir, dim, target, acc_range)
     except SdkError as exc:
         raise _UserError(str(exc)) from None

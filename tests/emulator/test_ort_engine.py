@@ -267,3 +267,21 @@ def test_reductions_past_the_raw_sum_bound_stay_on_the_datapath() -> None:
     want = (acc + 2**31) % 2**32 - 2**31  # the wrapped accumulator
     m = np.float32(np.float32(1e-3) * np.float32(1e-3))
     assert got[0, 0] == np.clip(np.rint(np.float32(want) * m), -128, 127)
+
+
+def test_emulate_cli_reads_the_environment(
+    systolic_digits_nchw, digits_test, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(systolic_digits_nchw, str(model))
+    np.save(tmp_path / "x.npy", digits_test[0][:4])
+    args = [str(model), "--inputs", str(tmp_path / "x.npy")]
+    monkeypatch.setenv(ort_engine.ENV_VAR, "numpy")
+    result = CliRunner().invoke(emulate, args)
+    assert result.exit_code == 0 and "engine: NumPy datapath" in result.output
+    monkeypatch.setenv(ort_engine.ENV_VAR, "bogus")
+    result = CliRunner().invoke(emulate, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: SYSTOLIC_EMULATOR_ENGINE='bogus': expected one of auto, onnxruntime, numpy"
+    ]

@@ -119,7 +119,6 @@ def qlinear_conv_nchw(
     if bias is not None and (bias.dtype != np.int32 or bias.shape != (m,)):
         raise fail(ctx, f"B must be int32 of shape [{m}], got {bias.dtype.name} {list(bias.shape)}")
     geometry = conv_geometry(x, w, attrs, ctx)
-    multiplier = dp.requant_multiplier(x_scale, w_scale, y_scale)
     relu = bool(attrs.get("relu", 0))
     layout = "nchw" if nhwc_x is None else "nhwc"
     layer = _compiled_layer(
@@ -136,7 +135,7 @@ def qlinear_conv_nchw(
         _centered(np.ascontiguousarray(x), x_zp),
         wc,
         bias,
-        multiplier,
+        dp.requant_multiplier(x_scale, w_scale, y_scale),
         y_dtype,
         y_zp,
         relu,

@@ -205,20 +205,19 @@ def test_progress_bar_only_when_asked(model, samples, capsys):
     assert "calibrating" in capsys.readouterr().err
 
 
+def _extremes(stats) -> tuple:
+    """A tensor's min/max statistics, every field."""
+    m = stats.minmax
+    return (m.count, m.min, m.max, m.sum_min, m.sum_max)
+
+
 def test_in_graph_reductions_equal_numpy_statistics(model, samples):
     """Min/max methods reduce inside onnxruntime; histogram runs reduce in numpy."""
     reduced = collect(model, ArrayReader({"x": samples}), batch_size=6)
     fetched = collect(model, ArrayReader({"x": samples}), histogram=True, batch_size=6)
     assert list(reduced) == list(fetched)
     for name in reduced:
-        a, b = reduced[name].minmax, fetched[name].minmax
-        assert (a.count, a.min, a.max, a.sum_min, a.sum_max) == (
-            b.count,
-            b.min,
-            b.max,
-            b.sum_min,
-            b.sum_max,
-        )
+        assert _extremes(reduced[name]) == _extremes(fetched[name])
 
 
 def test_extremes_gathered_over_batches_equal_batch_by_batch(model, samples, monkeypatch):
@@ -230,12 +229,5 @@ def test_extremes_gathered_over_batches_equal_batch_by_batch(model, samples, mon
     flushed = collect(model, ArrayReader({"x": samples}), batch_size=3)
     assert list(flushed) == list(whole)
     for name, st in whole.items():
-        a, b = st.minmax, flushed[name].minmax
-        assert (a.count, a.min, a.max, a.sum_min, a.sum_max) == (
-            b.count,
-            b.min,
-            b.max,
-            b.sum_min,
-            b.sum_max,
-        )
-        assert a.count == len(samples)
+        assert _extremes(st) == _extremes(flushed[name])
+        assert st.minmax.count == len(samples)

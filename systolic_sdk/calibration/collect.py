@@ -22,6 +22,7 @@ samples are grouped into batches sized so one batch's activations take about
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -59,7 +60,14 @@ MAX_AUTO_BATCH = 32
 # larger updates; min, max, count and the exact sums do not depend on the grouping).
 PENDING_SAMPLES = 256
 
-COLLECT_OPTIONS = ("batch_size", "progress", "skip_nonfinite", "num_bins", "providers")
+COLLECT_OPTIONS = (
+    "batch_size",
+    "progress",
+    "skip_nonfinite",
+    "num_bins",
+    "providers",
+    "optimize_graph",
+)
 
 
 def _batchable(model: onnx.ModelProto) -> bool:
@@ -185,14 +193,19 @@ def collect(
     progress: bool | None = None,
     skip_nonfinite: bool = False,
     providers: Sequence[str] | None = None,
+    optimize_graph: bool | None = None,
 ) -> dict[str, TensorStats]:
     """Stream ``reader``'s samples through ``model`` and return statistics per tensor.
 
     ``batch_size`` None picks a batch from the first sample's activation size when the
     model's batch dimension is dynamic. Samples with NaN/Inf in an input or activation
     raise :class:`CalibrationError` naming the sample and tensor, or are skipped with a
-    warning under ``skip_nonfinite``. A reader may carry a ``collect_options`` dict
-    (``batch_size``, ``progress``, ``skip_nonfinite``) used where no argument is given.
+    warning under ``skip_nonfinite``. ``optimize_graph`` runs the model with onnxruntime's
+    graph optimizations (:func:`~.session.open_session`); None: for the histogram
+    calibrators only, whose ranges do not hinge on the last bit of single values (the
+    min/max calibrators then stay bit for bit onnxruntime's MinMax). A reader may carry
+    a ``collect_options`` dict (``batch_size``, ``progress``, ``skip_nonfinite``) used
+    where no argument is given.
     """
     defaults = getattr(reader, "collect_options", None) or {}
     if batch_size is None:
@@ -213,13 +226,21 @@ def collect(
     # from the source's values).
     derived = derived_tensors(model, names, info)
     observed = [n for n in names if n not in derived]
-    # Without histograms only per-sample extremes are needed: onnxruntime reduces
-    # tensors of known rank in the graph, and the activations never leave it.
-    reducible = [] if histogram else [n for n in names if n not in inputs and _reducible(info, n)]
+    # Per-sample extremes (and the NaN/Inf check) of tensors of known rank come from
+    # onnxruntime, reduced in the graph while each tensor is fresh in the cache. Without
+    # histograms that is all there is to it, and those activations never leave onnxruntime;
+    # the histogram calibrators fetch every observed tensor as well.
+    reducible = [n for n in names if n not in inputs and _reducible(info, n)]
     reduce = [n for n in reducible if n not in derived]
-    raw = [n for n in observed if n not in reduce]
-    sess = open_session(model, raw, providers, reduce, sleep_idle_threads=histogram)
-    full_sess = sess if not reduce else None  # all tensors raw: for NaN/Inf follow-ups
+    raw = observed if histogram else [n for n in observed if n not in reduce]
+    session_options = {
+        "sleep_idle_threads": histogram,
+        "optimize": histogram if optimize_graph is None else bool(optimize_graph),
+        "threads": _onnxruntime_threads(model, info, raw) if histogram else None,
+    }
+    sess = open_session(model, raw, providers, reduce, **session_options)
+    # A session that fetches every observed tensor, for NaN/Inf follow-ups.
+    full_sess = sess if histogram or not reduce else None
     wanted = set(raw)
     fetch = [o.name for o in sess.get_outputs() if o.name in wanted]
     fetch_reduced = [reduced_name(k, n) for k in REDUCED for n in reduce]
@@ -238,7 +259,9 @@ def collect(
     skipped = 0
     bar = _Progress(reader, progress)
     batchable = _batchable(model)
-    first_target = batch_size or (_reduced_batch(info, reducible) if reducible and batchable else 1)
+    first_target = batch_size or (
+        _reduced_batch(info, reducible) if reducible and batchable and not histogram else 1
+    )
     batcher = _Batcher(reader, first_target, batchable)
     binner = _Binner(histogram)
     pending: dict[str, tuple[list[float], list[float]]] = {}  # per-sample extremes
@@ -251,7 +274,7 @@ def collect(
                 run = _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, sample_base)
             if run is None:  # plain run, or NaN/Inf seen: look at every tensor itself
                 if full_sess is None:
-                    full_sess = open_session(model, names, providers, sleep_idle_threads=histogram)
+                    full_sess = open_session(model, names, providers, **session_options)
                 full_fetch = [o.name for o in full_sess.get_outputs() if o.name in set(names)]
                 run = _observe(full_sess, full_fetch, feed, n, sample_base, skip_nonfinite, order)
             if run is None:  # every sample of the batch skipped
@@ -283,7 +306,12 @@ def collect(
                     pending_samples = 0
                 if histogram:
                     binner.submit(_histogram_jobs(stats, values, extremes, derived, children, feed))
-                if batch_size is None and batchable and sample_base == 0 and not reduce:
+                if (
+                    batch_size is None
+                    and batchable
+                    and sample_base == 0
+                    and (histogram or not reduce)
+                ):
                     per_sample = sum(values[k].nbytes for k in fetch)
                     per_sample += sum(values[src].nbytes for src, _ in derived.values())
                     per_sample /= max(kept, 1)
@@ -389,6 +417,74 @@ class _Binner:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Below this many multiply-adds of the model per value binned, binning takes longer than
+# onnxruntime's single-threaded inference (about 2 ns per value binned against 20-40 ps
+# per multiply-add, measured on ResNet-18 and EfficientNet-Lite0; see bench/README.md).
+MACS_PER_BINNED_VALUE = 100
+
+
+def _onnxruntime_threads(
+    model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]], fetched: list[str]
+) -> int | None:
+    """onnxruntime's intra-op threads for a histogram run, or None for its default (one
+    per core).
+
+    A sample's activations are binned in a worker thread (one core) while onnxruntime
+    computes the next sample. When the binning is the longer of the two (fewer than
+    ``MACS_PER_BINNED_VALUE`` multiply-adds per value binned, as in EfficientNet-Lite0),
+    onnxruntime gets one core fewer: its kernels on one thread do the same work in less
+    CPU time, and the binning keeps its core. When the model's arithmetic dominates (as
+    in ResNet-18), onnxruntime keeps every core.
+    """
+    values = 0
+    for name in fetched:
+        dims = info.get(name, (0, None))[1]
+        if dims is None or any(d is None for d in dims[1:]):
+            return None  # sizes unknown
+        values += int(np.prod(dims[1:], dtype=np.int64))
+    if values < THREADED_MIN_VALUES or _cores() < 2:
+        return None
+    if _macs_per_sample(model, info) >= MACS_PER_BINNED_VALUE * values:
+        return None
+    return _cores() - 1
+
+
+def _macs_per_sample(model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]]) -> int:
+    """Multiply-adds per sample of the model's Conv, ConvTranspose, MatMul and Gemm nodes
+    whose shapes are known (others count 0)."""
+
+    def known(name: str) -> tuple[int, ...] | None:
+        d = info.get(name, (0, None))[1]
+        return None if d is None or any(x is None for x in d[1:]) else d
+
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        if len(node.input) < 2 or not node.output:
+            continue
+        a, b, out = known(node.input[0]), known(node.input[1]), known(node.output[0])
+        if a is None or b is None or out is None or b[0] is None:
+            continue
+        if node.op_type == "Conv":  # each output: C/group * kernel
+            total += int(np.prod(out[1:])) * int(np.prod(b[1:]))
+        elif node.op_type == "ConvTranspose":  # each input: M/group * kernel
+            total += int(np.prod(a[1:])) * int(np.prod(b[1:]))
+        elif node.op_type == "MatMul":
+            total += int(np.prod(out[1:])) * int(a[-1])
+        else:
+            trans_b = any(at.name == "transB" and at.i for at in node.attribute)
+            total += int(np.prod(out[1:])) * int(b[1] if trans_b else b[0])
+    return total
+
+
 def _reducible(info: dict[str, tuple[int, tuple | None]], name: str) -> bool:
     elem, dims = info.get(name, (0, None))
     return elem in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and bool(dims)
@@ -420,7 +516,10 @@ def _observe_reduced(
     out = _run(sess, fetch + fetch_reduced, feed, base)
     values = {**feed, **{k: out[k] for k in fetch}}
     extremes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    in_graph = set(reduce)
     for name, v in values.items():
+        if name in in_graph:
+            continue
         ext = _extremes(np.asarray(v), n)
         if ext is not None:
             if _bad_rows(ext) is not None:
@@ -525,7 +624,7 @@ def calibrate(
     initializers excluded). ``method`` is one of :data:`~.methods.METHODS`. Options are
     the method's (``moving_average``, ``averaging_constant``, ``percentile``,
     ``num_quantized_bins``, ``num_bits``) and the collector's (``batch_size``,
-    ``progress``, ``skip_nonfinite``, ``num_bins``, ``providers``).
+    ``progress``, ``skip_nonfinite``, ``num_bins``, ``providers``, ``optimize_graph``).
     """
     m = get_method(method)
     collect_opts = {k: options.pop(k) for k in COLLECT_OPTIONS if k in options}

@@ -281,20 +281,32 @@ def open_session(
     providers: Sequence[str] | None,
     reduce: Sequence[str] = (),
     sleep_idle_threads: bool = False,
+    optimize: bool = False,
+    threads: int | None = None,
 ):
     """An onnxruntime session of ``model`` with ``names`` as extra outputs, and the
     per-sample min/max/sum of the tensors ``reduce`` (see :func:`reduced_name`).
 
     The additions live in ``model`` only while it is serialized (no copy of the
-    weights); graph optimizations are off, as in onnxruntime's own calibrators, so every
-    tensor is the fp32 model's. ``sleep_idle_threads``: onnxruntime's idle threads sleep
-    rather than spin (for a caller that works in a thread of its own meanwhile).
+    weights). Graph optimizations are off by default, as in onnxruntime's own
+    calibrators, so every value is bit for bit the unoptimized run's. ``optimize``:
+    onnxruntime's full optimizations (its blocked NCHWc convolution kernels: 1.2-2x
+    faster); fetched tensors stay (a node whose output is a graph output is never fused
+    away), their values may differ from the unoptimized run's in the last bits. A model
+    that onnxruntime cannot optimize falls back to the unoptimized session.
+    ``sleep_idle_threads``: onnxruntime's idle threads sleep rather than spin (for a
+    caller that works in a thread of its own meanwhile). ``threads``: onnxruntime's
+    intra-op threads (None: its default, one per core).
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
     if sleep_idle_threads:
         # Idle threads sleep instead of spinning: the caller's own thread (the histogram
         # binning) gets the cores between operators; results are unchanged. Otherwise
@@ -315,7 +327,13 @@ def open_session(
             graph.initializer.extend(inits)
             for kind in REDUCED:
                 graph.output.extend(onnx.ValueInfoProto(name=reduced_name(kind, n)) for n in reduce)
-        return _load(model, so, providers)
+        try:
+            return _load(model, so, providers)
+        except CalibrationError:
+            if not optimize:
+                raise
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return _load(model, so, providers)
     finally:
         del graph.output[sizes[0] :]
         del graph.node[sizes[1] :]

@@ -228,15 +228,21 @@ def collect(
     observed = [n for n in names if n not in derived]
     # Per-sample extremes (and the NaN/Inf check) of tensors of known rank come from
     # onnxruntime, reduced in the graph while each tensor is fresh in the cache. Without
-    # histograms that is all there is to it, and those activations never leave onnxruntime;
-    # the histogram calibrators fetch every observed tensor as well.
+    # histograms that is all there is to it, and those activations never leave onnxruntime.
+    # The histogram calibrators fetch every observed tensor; when a sample's activations
+    # are large enough to be binned in the worker thread, their extremes are reduced in
+    # the graph too (for small ones the extra nodes cost more than NumPy's min and max).
     reducible = [n for n in names if n not in inputs and _reducible(info, n)]
+    binned = _values_per_sample(info, observed) if histogram else 0
+    threaded = binned >= THREADED_MIN_VALUES
+    if histogram and not threaded:
+        reducible = []
     reduce = [n for n in reducible if n not in derived]
     raw = observed if histogram else [n for n in observed if n not in reduce]
     session_options = {
         "sleep_idle_threads": histogram,
         "optimize": histogram if optimize_graph is None else bool(optimize_graph),
-        "threads": _onnxruntime_threads(model, info, raw) if histogram else None,
+        "threads": _onnxruntime_threads(model, info, binned) if threaded else None,
     }
     sess = open_session(model, raw, providers, reduce, **session_options)
     # A session that fetches every observed tensor, for NaN/Inf follow-ups.
@@ -431,29 +437,32 @@ MACS_PER_BINNED_VALUE = 100
 
 
 def _onnxruntime_threads(
-    model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]], fetched: list[str]
+    model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]], binned: int
 ) -> int | None:
-    """onnxruntime's intra-op threads for a histogram run, or None for its default (one
-    per core).
+    """onnxruntime's intra-op threads for a histogram run whose ``binned`` values per
+    sample are binned in the worker thread, or None for its default (one per core).
 
-    A sample's activations are binned in a worker thread (one core) while onnxruntime
-    computes the next sample. When the binning is the longer of the two (fewer than
+    The worker bins a sample's activations (one core) while onnxruntime computes the next
+    sample. When the binning is the longer of the two (fewer than
     ``MACS_PER_BINNED_VALUE`` multiply-adds per value binned, as in EfficientNet-Lite0),
     onnxruntime gets one core fewer: its kernels on one thread do the same work in less
     CPU time, and the binning keeps its core. When the model's arithmetic dominates (as
     in ResNet-18), onnxruntime keeps every core.
     """
-    values = 0
-    for name in fetched:
-        dims = info.get(name, (0, None))[1]
-        if dims is None or any(d is None for d in dims[1:]):
-            return None  # sizes unknown
-        values += int(np.prod(dims[1:], dtype=np.int64))
-    if values < THREADED_MIN_VALUES or _cores() < 2:
-        return None
-    if _macs_per_sample(model, info) >= MACS_PER_BINNED_VALUE * values:
+    if _cores() < 2 or _macs_per_sample(model, info) >= MACS_PER_BINNED_VALUE * binned:
         return None
     return _cores() - 1
+
+
+def _values_per_sample(info: dict[str, tuple[int, tuple | None]], names: list[str]) -> int:
+    """Values per sample of the tensors ``names`` by inferred shapes (0 if any is unknown)."""
+    total = 0
+    for name in names:
+        dims = info.get(name, (0, None))[1]
+        if dims is None or any(d is None for d in dims[1:]):
+            return 0
+        total += int(np.prod(dims[1:], dtype=np.int64))
+    return total
 
 
 def _macs_per_sample(model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]]) -> int:

@@ -231,3 +231,101 @@ def test_extremes_gathered_over_batches_equal_batch_by_batch(model, samples, mon
     for name, st in whole.items():
         assert _extremes(st) == _extremes(flushed[name])
         assert st.minmax.count == len(samples)
+
+
+def _histograms(stats) -> dict:
+    """Every field of every histogram (bins, layout, extremes) and min/max statistic."""
+    return {
+        name: (
+            _extremes(st),
+            st.histogram.exponent,
+            st.histogram.offset,
+            st.histogram.counts.tolist(),
+            st.histogram.min,
+            st.histogram.max,
+        )
+        for name, st in stats.items()
+    }
+
+
+def test_large_activations_reduce_in_graph_and_bin_in_the_worker(model, samples, monkeypatch):
+    """Above THREADED_MIN_VALUES per sample, histogram runs take their extremes from
+    onnxruntime and bin in the worker thread: the statistics are the same, field for field."""
+    import importlib
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    small = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=False)
+    seen: list = []
+    real_open = collect_mod.open_session
+
+    def spy(model, names, providers, reduce=(), **options):
+        seen.append((list(reduce), options))
+        return real_open(model, names, providers, reduce, **options)
+
+    monkeypatch.setattr(collect_mod, "open_session", spy)
+    monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", 1)
+    large = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=False)
+    # Reduced in the graph: every observed tensor but the input (relu and flat follow
+    # from conv and pool).
+    assert seen[0][0] == ["conv", "pool", "y"]
+    assert _histograms(large) == _histograms(small)
+    bad = samples.copy()
+    bad[7, 0, 1, 1] = np.nan
+    with pytest.raises(CalibrationError, match=r"sample 7: tensor 'x' has NaN or Inf"):
+        collect(model, ArrayReader({"x": bad}), histogram=True, batch_size=4)
+    with pytest.warns(UserWarning, match="skipp"):
+        kept = collect(model, ArrayReader({"x": bad}), histogram=True, skip_nonfinite=True)
+    assert kept["x"].minmax.count == len(samples) - 1
+
+
+def test_graph_optimizations_for_histograms_only_by_default(model, samples, monkeypatch):
+    import importlib
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    seen: list = []
+    real_open = collect_mod.open_session
+
+    def spy(*args, **options):
+        seen.append(options["optimize"])
+        return real_open(*args, **options)
+
+    monkeypatch.setattr(collect_mod, "open_session", spy)
+    reader = ArrayReader({"x": samples})
+    for method in ("naive", "minmax_avg", "percentile", "entropy", "mse"):
+        calibrate(model, reader, method=method)
+        reader.rewind()
+    calibrate(model, reader, method="mse", optimize_graph=False)
+    reader.rewind()
+    calibrate(model, reader, method="naive", optimize_graph=True)
+    assert seen == [False, False, True, True, True, False, True]
+
+
+def test_optimized_session_keeps_every_fetched_tensor(model, samples):
+    """onnxruntime's optimizations never fuse away a fetched tensor; values agree with the
+    unoptimized run to float rounding, and the min/max statistics stay within it."""
+    plain = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=False)
+    fast = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=True)
+    assert list(fast) == list(plain)
+    for name, st in plain.items():
+        lo, hi = st.minmax.min, st.minmax.max
+        tol = 1e-5 * max(abs(lo), abs(hi))
+        assert fast[name].minmax.min == pytest.approx(lo, abs=tol)
+        assert fast[name].minmax.max == pytest.approx(hi, abs=tol)
+
+
+def test_multiply_adds_and_onnxruntime_threads(model, monkeypatch):
+    import importlib
+
+    from systolic_sdk.calibration.session import tensor_info
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    info = tensor_info(model)
+    # Conv: 4 x 8 x 8 outputs of 1 x 3 x 3 each; MatMul: 3 outputs of 4 each.
+    assert collect_mod._macs_per_sample(model, info) == 4 * 8 * 8 * 9 + 3 * 4
+    monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
+    binned = 4 * 8 * 8  # few multiply-adds per value: the binning outweighs onnxruntime
+    assert collect_mod._onnxruntime_threads(model, info, binned) == 1
+    binned = 2316 // collect_mod.MACS_PER_BINNED_VALUE  # the arithmetic dominates
+    assert collect_mod._onnxruntime_threads(model, info, binned) is None
+    monkeypatch.setattr(collect_mod, "_cores", lambda: 1)
+    assert collect_mod._onnxruntime_threads(model, info, 1) is None

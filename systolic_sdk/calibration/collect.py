@@ -204,8 +204,8 @@ def collect(
     graph optimizations (:func:`~.session.open_session`); None: for the histogram
     calibrators only, whose ranges do not hinge on the last bit of single values (the
     min/max calibrators then stay bit for bit onnxruntime's MinMax). A reader may carry
-    a ``collect_options`` dict (``batch_size``, ``progress``, ``skip_nonfinite``) used
-    where no argument is given.
+    a ``collect_options`` dict (``batch_size``, ``progress``, ``skip_nonfinite``,
+    ``optimize_graph``) used where no argument is given.
     """
     defaults = getattr(reader, "collect_options", None) or {}
     if batch_size is None:
@@ -213,6 +213,8 @@ def collect(
     if progress is None:
         progress = defaults.get("progress")
     skip_nonfinite = bool(skip_nonfinite or defaults.get("skip_nonfinite", False))
+    if optimize_graph is None:
+        optimize_graph = defaults.get("optimize_graph")
     if batch_size is not None and int(batch_size) < 1:
         raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
     info = tensor_info(model)

@@ -56,6 +56,36 @@ def test_calibrate_only_writes_the_ranges_of_every_activation(tmp_path, calib):
     assert read_table(out) == want
 
 
+@pytest.mark.parametrize("flag", [[], ["--no-graph-optimizations"]])
+def test_histogram_method_with_and_without_graph_optimizations(tmp_path, calib, flag, monkeypatch):
+    """--no-graph-optimizations: the activations of the unoptimized run, so the ranges
+    are those calibrate(..., optimize_graph=False) computes, bit for bit."""
+    import importlib
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    seen: list[bool] = []
+    real_open = collect_mod.open_session
+
+    def spy(*args, **options):
+        seen.append(options["optimize"])
+        return real_open(*args, **options)
+
+    monkeypatch.setattr(collect_mod, "open_session", spy)
+    out = tmp_path / "ranges.json"
+    code, text = run(
+        calibrate_command,
+        "--model_path", DIGITS / "model.onnx", "--dataset_path", calib,
+        "--calib_mode", "mse", "--calibrate-only", "--calibration-table-out", out, "-q",
+        *flag,
+    )  # fmt: skip
+    assert code == 0, text
+    assert seen == [not flag]
+    model = load_model(DIGITS / "model.onnx")
+    reader = ArrayReader({"input": np.load(calib)})
+    want = calibrate(model, reader, method="mse", optimize_graph=not flag)
+    assert read_table(out) == want
+
+
 def test_calibrate_quantizes_and_table_reproduces_it(tmp_path, calib):
     q1, q2, table = tmp_path / "q1.onnx", tmp_path / "q2.onnx", tmp_path / "t.txt"
     code, text = run(

@@ -152,3 +152,18 @@ def test_dynamic_integer_ops_bit_identical(ort_setup, digits_model, digits_test)
     np.testing.assert_array_equal(
         run(ours, {"input": x})[0], run(onnx.load(str(out)), {"input": x})[0]
     )
+
+
+@pytest.mark.parametrize("method", ["naive", "minmax"])
+def test_min_max_calibration_is_onnxruntime_minmax_bit_for_bit(
+    method, ort_setup, digits_model, digits_calib
+):
+    """The min/max calibrators run the graph as onnxruntime's own calibrator does
+    (unoptimized): every range it computes is ours, float for float."""
+    from systolic_sdk.calibration import ArrayReader, calibrate
+
+    _, _, theirs = ort_setup
+    assert len(theirs) >= 10
+    ours = calibrate(digits_model, ArrayReader({"input": digits_calib}), method=method)
+    assert set(theirs) <= set(ours)
+    assert {k: ours[k] for k in theirs} == theirs

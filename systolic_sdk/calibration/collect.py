@@ -10,6 +10,10 @@ calibrators fetch the activations themselves as extra graph outputs and bin them
 worker thread, one batch behind, while onnxruntime computes the next batch; onnxruntime's
 idle threads then sleep instead of spinning, so that the binning gets the cores between
 operators (the min/max sessions keep onnxruntime's default, as its own calibrators).
+Histogram runs use onnxruntime's graph optimizations (``optimize_graph``); where a
+sample's activations are large enough for the worker thread, their extremes come from
+in-graph reductions too, and onnxruntime gets one core fewer when the binning outweighs
+the model's arithmetic (:func:`_onnxruntime_threads`).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
 calibrated too are neither reduced nor fetched: their extremes are their source's,

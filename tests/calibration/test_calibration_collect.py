@@ -329,3 +329,30 @@ def test_multiply_adds_and_onnxruntime_threads(model, monkeypatch):
     assert collect_mod._onnxruntime_threads(model, info, binned) is None
     monkeypatch.setattr(collect_mod, "_cores", lambda: 1)
     assert collect_mod._onnxruntime_threads(model, info, 1) is None
+
+
+def test_a_model_onnxruntime_cannot_optimize_falls_back_to_the_plain_session(
+    model, samples, monkeypatch
+):
+    import onnxruntime as ort
+
+    from systolic_sdk.calibration import session as session_mod
+
+    levels: list = []
+    real_load = session_mod._load
+
+    def load(model, so, providers):
+        levels.append(so.graph_optimization_level)
+        if so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+            raise CalibrationError("onnxruntime cannot load the model for calibration: boom")
+        return real_load(model, so, providers)
+
+    monkeypatch.setattr(session_mod, "_load", load)
+    got = calibrate(model, ArrayReader({"x": samples}), method="percentile")
+    monkeypatch.undo()
+    plain = calibrate(model, ArrayReader({"x": samples}), method="percentile", optimize_graph=False)
+    assert got == plain
+    assert levels == [
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    ]

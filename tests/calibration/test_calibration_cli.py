@@ -43,47 +43,28 @@ def agreement(quantized: Path, n: int = 200) -> float:
     return float((a == b).mean())
 
 
-def test_calibrate_only_writes_the_ranges_of_every_activation(tmp_path, calib):
+@pytest.mark.parametrize(
+    ("method", "flag"),
+    [("naive", []), ("mse", []), ("mse", ["--no-graph-optimizations"])],
+)
+def test_calibrate_only_writes_the_ranges_of_every_activation(
+    tmp_path, calib, method, flag, opened_sessions
+):
+    """The table holds calibrate()'s ranges, bit for bit; the histogram methods run the
+    optimized graph unless --no-graph-optimizations, the min/max methods never do."""
     out = tmp_path / "ranges.json"
     code, text = run(
         calibrate_command,
         "--model_path", DIGITS / "model.onnx", "--dataset_path", calib,
-        "--calib_mode", "naive", "--calibrate-only", "--calibration-table-out", out, "-q",
-    )  # fmt: skip
-    assert code == 0, text
-    model = load_model(DIGITS / "model.onnx")
-    want = calibrate(model, ArrayReader({"input": np.load(calib)}), method="naive")
-    assert read_table(out) == want
-
-
-@pytest.mark.parametrize("flag", [[], ["--no-graph-optimizations"]])
-def test_histogram_method_with_and_without_graph_optimizations(tmp_path, calib, flag, monkeypatch):
-    """--no-graph-optimizations: the activations of the unoptimized run, so the ranges
-    are those calibrate(..., optimize_graph=False) computes, bit for bit."""
-    import importlib
-
-    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
-    seen: list[bool] = []
-    real_open = collect_mod.open_session
-
-    def spy(*args, **options):
-        seen.append(options["optimize"])
-        return real_open(*args, **options)
-
-    monkeypatch.setattr(collect_mod, "open_session", spy)
-    out = tmp_path / "ranges.json"
-    code, text = run(
-        calibrate_command,
-        "--model_path", DIGITS / "model.onnx", "--dataset_path", calib,
-        "--calib_mode", "mse", "--calibrate-only", "--calibration-table-out", out, "-q",
+        "--calib_mode", method, "--calibrate-only", "--calibration-table-out", out, "-q",
         *flag,
     )  # fmt: skip
     assert code == 0, text
-    assert seen == [not flag]
+    optimized = method == "mse" and not flag
+    assert [options["optimize"] for _, options in opened_sessions] == [optimized]
     model = load_model(DIGITS / "model.onnx")
     reader = ArrayReader({"input": np.load(calib)})
-    want = calibrate(model, reader, method="mse", optimize_graph=not flag)
-    assert read_table(out) == want
+    assert read_table(out) == calibrate(model, reader, method=method, optimize_graph=optimized)
 
 
 def test_calibrate_quantizes_and_table_reproduces_it(tmp_path, calib):

@@ -248,26 +248,21 @@ def _histograms(stats) -> dict:
     }
 
 
-def test_large_activations_reduce_in_graph_and_bin_in_the_worker(model, samples, monkeypatch):
+def test_large_activations_reduce_in_graph_and_bin_in_the_worker(
+    model, samples, monkeypatch, opened_sessions
+):
     """Above THREADED_MIN_VALUES per sample, histogram runs take their extremes from
     onnxruntime and bin in the worker thread: the statistics are the same, field for field."""
     import importlib
 
     collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
     small = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=False)
-    seen: list = []
-    real_open = collect_mod.open_session
-
-    def spy(model, names, providers, reduce=(), **options):
-        seen.append((list(reduce), options))
-        return real_open(model, names, providers, reduce, **options)
-
-    monkeypatch.setattr(collect_mod, "open_session", spy)
+    assert opened_sessions[-1][0] == []  # NumPy's extremes
     monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", 1)
     large = collect(model, ArrayReader({"x": samples}), histogram=True, optimize_graph=False)
     # Reduced in the graph: every observed tensor but the input (relu and flat follow
     # from conv and pool).
-    assert seen[0][0] == ["conv", "pool", "y"]
+    assert opened_sessions[-1][0] == ["conv", "pool", "y"]
     assert _histograms(large) == _histograms(small)
     bad = samples.copy()
     bad[7, 0, 1, 1] = np.nan
@@ -278,18 +273,7 @@ def test_large_activations_reduce_in_graph_and_bin_in_the_worker(model, samples,
     assert kept["x"].minmax.count == len(samples) - 1
 
 
-def test_graph_optimizations_for_histograms_only_by_default(model, samples, monkeypatch):
-    import importlib
-
-    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
-    seen: list = []
-    real_open = collect_mod.open_session
-
-    def spy(*args, **options):
-        seen.append(options["optimize"])
-        return real_open(*args, **options)
-
-    monkeypatch.setattr(collect_mod, "open_session", spy)
+def test_graph_optimizations_for_histograms_only_by_default(model, samples, opened_sessions):
     reader = ArrayReader({"x": samples})
     for method in ("naive", "minmax_avg", "percentile", "entropy", "mse"):
         calibrate(model, reader, method=method)
@@ -297,7 +281,8 @@ def test_graph_optimizations_for_histograms_only_by_default(model, samples, monk
     calibrate(model, reader, method="mse", optimize_graph=False)
     reader.rewind()
     calibrate(model, reader, method="naive", optimize_graph=True)
-    assert seen == [False, False, True, True, True, False, True]
+    optimized = [options["optimize"] for _, options in opened_sessions]
+    assert optimized == [False, False, True, True, True, False, True]
 
 
 def test_optimized_session_keeps_every_fetched_tensor(model, samples):

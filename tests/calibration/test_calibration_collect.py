@@ -271,6 +271,10 @@ def test_large_activations_reduce_in_graph_and_bin_in_the_worker(
     with pytest.warns(UserWarning, match="skipp"):
         kept = collect(model, ArrayReader({"x": bad}), histogram=True, skip_nonfinite=True)
     assert kept["x"].minmax.count == len(samples) - 1
+    x = np.ones((4, 2), dtype=np.float32)
+    x[2, 1] = 1e30  # finite input, infinite activation: seen by the in-graph reductions
+    with pytest.raises(CalibrationError, match=r"sample 2: tensor 'sq' has NaN or Inf"):
+        collect(_overflow_model(), ArrayReader({"x": x}), histogram=True, batch_size=4)
 
 
 def test_graph_optimizations_for_histograms_only_by_default(model, samples, opened_sessions):

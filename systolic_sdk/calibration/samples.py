@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from systolic_sdk.calibration.session import required_inputs
+from systolic_sdk.calibration.sources import InputSpec, model_inputs
 from systolic_sdk.errors import SdkError
 
 Feed = dict[str, np.ndarray]
-
-
-def model_input_names(model: onnx.ModelProto) -> list[str]:
-    inits = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]
 
 
 def load_samples(data: Path, model: onnx.ModelProto, max_samples: int | None) -> Feed:
@@ -25,15 +23,16 @@ def load_samples(data: Path, model: onnx.ModelProto, max_samples: int | None) ->
     """
     from systolic_sdk.calibration import open_source
 
-    names = model_input_names(model)
+    specs = model_inputs(model)
+    names = [spec.name for spec in specs]
     data = Path(data)
     if data.is_file() and data.suffix == ".npz":
         try:
             with np.load(data) as z:
                 if all(n in z.files for n in names):
                     arrays = {n: z[n] for n in names}
-                    for name, a in arrays.items():
-                        _check_fits(data, model, name, a)
+                    for spec in specs:
+                        _check_fits(data, spec, arrays[spec.name])
                     n = min(len(a) for a in arrays.values()) if arrays else 0
                     if max_samples:
                         n = min(n, max_samples)
@@ -57,18 +56,19 @@ def load_samples(data: Path, model: onnx.ModelProto, max_samples: int | None) ->
     return out
 
 
-def _check_fits(data: Path, model: onnx.ModelProto, name: str, a: np.ndarray) -> None:
-    """One line naming the file and the input when ``a`` does not fit the model input."""
-    vi = next(i for i in model.graph.input if i.name == name)
-    tt = vi.type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-    fits = a.dtype == dtype and a.ndim == len(dims)
-    fits = fits and all(d is None or d == s for d, s in zip(dims[1:], a.shape[1:], strict=False))
+def _check_fits(data: Path, spec: InputSpec, a: np.ndarray) -> None:
+    """One line naming the file and the input when ``a`` (a batch of samples: its first
+    axis included) does not fit the model input ``spec``."""
+    spec = replace(spec, dims=spec.dims or ())  # an input without a shape: a scalar
+    fits = a.dtype == spec.dtype and a.ndim == len(spec.dims)
+    fits = fits and all(
+        d is None or d == n for d, n in zip(spec.dims[1:], a.shape[1:], strict=False)
+    )
     if not fits:
-        want = ",".join("?" if d is None else str(d) for d in dims)
         got = ",".join(map(str, a.shape))
-        raise SdkError(f"{data}: input '{name}' expects {dtype} [{want}], got {a.dtype} [{got}]")
+        raise SdkError(
+            f"{data}: input '{spec.name}' expects {spec.describe()}, got {a.dtype} [{got}]"
+        )
 
 
 def sample_count(samples: Feed) -> int:
@@ -77,14 +77,10 @@ def sample_count(samples: Feed) -> int:
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
     """The batch size fixed by the model's first input (a numeric first dim), if any."""
-    inits = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
+    for vi in required_inputs(model)[:1]:
         shape = vi.type.tensor_type.shape if vi.type.HasField("tensor_type") else None
         if shape is not None and len(shape.dim) and shape.dim[0].HasField("dim_value"):
             return int(shape.dim[0].dim_value)
-        return None
     return None
 
 

@@ -239,7 +239,8 @@ def collect(
     # are large enough to be binned in the worker thread, their extremes are reduced in
     # the graph too (for small ones the extra nodes cost more than NumPy's min and max).
     reducible = [n for n in names if n not in inputs and _reducible(info, n)]
-    binned = _values_per_sample(info, observed) if histogram else 0
+    size = _sample_size(info, observed) if histogram else None
+    binned = size[0] if size else 0
     threaded = binned >= THREADED_MIN_VALUES
     if histogram and not threaded:
         reducible = []
@@ -460,32 +461,38 @@ def _onnxruntime_threads(
     return _cores() - 1
 
 
-def _values_per_sample(info: dict[str, tuple[int, tuple | None]], names: list[str]) -> int:
-    """Values per sample of the tensors ``names`` by inferred shapes (0 if any is unknown)."""
-    total = 0
+def _known_dims(info: dict[str, tuple[int, tuple | None]], name: str) -> tuple | None:
+    """A tensor's inferred dims, or None when any but the first (the batch) is unknown."""
+    dims = info.get(name, (0, None))[1]
+    return None if dims is None or any(d is None for d in dims[1:]) else dims
+
+
+def _sample_size(
+    info: dict[str, tuple[int, tuple | None]], names: list[str]
+) -> tuple[int, int] | None:
+    """``(values, bytes)`` one sample has in the tensors ``names`` by inferred shapes (8
+    bytes a double, else 4), or None when a size is unknown."""
+    values = size = 0
     for name in names:
-        dims = info.get(name, (0, None))[1]
-        if dims is None or any(d is None for d in dims[1:]):
-            return 0
-        total += int(np.prod(dims[1:], dtype=np.int64))
-    return total
+        dims = _known_dims(info, name)
+        if dims is None:
+            return None
+        n = int(np.prod(dims[1:], dtype=np.int64))
+        values += n
+        size += n * (8 if info[name][0] == onnx.TensorProto.DOUBLE else 4)
+    return values, size
 
 
 def _macs_per_sample(model: onnx.ModelProto, info: dict[str, tuple[int, tuple | None]]) -> int:
     """Multiply-adds per sample of the model's Conv, ConvTranspose, MatMul and Gemm nodes
     whose shapes are known (others count 0)."""
-
-    def known(name: str) -> tuple[int, ...] | None:
-        d = info.get(name, (0, None))[1]
-        return None if d is None or any(x is None for x in d[1:]) else d
-
     total = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
             continue
         if len(node.input) < 2 or not node.output:
             continue
-        a, b, out = known(node.input[0]), known(node.input[1]), known(node.output[0])
+        a, b, out = (_known_dims(info, n) for n in (node.input[0], node.input[1], node.output[0]))
         if a is None or b is None or out is None or b[0] is None:
             continue
         if node.op_type == "Conv":  # each output: C/group * kernel
@@ -507,14 +514,10 @@ def _reducible(info: dict[str, tuple[int, tuple | None]], name: str) -> bool:
 
 def _reduced_batch(info: dict[str, tuple[int, tuple | None]], names: list[str]) -> int:
     """Samples per run from the activation size one sample has (by inferred shapes)."""
-    total = 0
-    for name in names:
-        elem, dims = info[name]
-        if dims is None or any(d is None for d in dims[1:]):
-            return 1  # unknown sizes: stay safe
-        itemsize = 8 if elem == onnx.TensorProto.DOUBLE else 4
-        total += itemsize * int(np.prod(dims[1:], dtype=np.int64))
-    return int(min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(total, 1))))
+    size = _sample_size(info, names)
+    if size is None:
+        return 1  # unknown sizes: stay safe
+    return int(min(MAX_AUTO_BATCH, max(1, BATCH_BUDGET_BYTES // max(size[1], 1))))
 
 
 def _observe_reduced(

@@ -301,9 +301,8 @@ def open_session(
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    so.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = threads
@@ -332,7 +331,7 @@ def open_session(
         except CalibrationError:
             if not optimize:
                 raise
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.graph_optimization_level = level.ORT_DISABLE_ALL
             return _load(model, so, providers)
     finally:
         del graph.output[sizes[0] :]

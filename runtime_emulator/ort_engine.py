@@ -280,8 +280,8 @@ def node_layer(
     None (the NumPy datapath runs the node) when the engine is ``numpy``, when an input
     other than the first is not a constant (``extra["constant_inputs"]``), or when the
     engine does not take the layer. ``key`` holds what else the layer depends on (the
-    first input's dtype, the layout); the entry keeps the operand arrays alive, so an
-    identity match means the same arrays.
+    first input's dtype, the layout, pads resolved from the input's size); the entry
+    keeps the operand arrays alive, so an identity match means the same arrays.
     """
     if engine() == "numpy":
         return None

@@ -180,7 +180,9 @@ def _compiled_layer(
             **geometry,
         )
 
-    return ort_engine.node_layer(ctx.extra, inputs, (x.dtype, layout), spec)
+    # The pads are in the key: with auto_pad they follow the input's spatial size.
+    key = (x.dtype, layout, tuple(geometry["pads"]))
+    return ort_engine.node_layer(ctx.extra, inputs, key, spec)
 
 
 def _weights(

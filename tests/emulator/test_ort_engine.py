@@ -72,6 +72,26 @@ def test_engine_matches_numpy_datapath(case) -> None:
     assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
 
 
+def test_auto_pad_layer_follows_the_input_size() -> None:
+    """With auto_pad the pads depend on the input's size: one node fed 8x8 then 9x9
+    inputs must not reuse the layer compiled for 8x8."""
+    rng = np.random.default_rng(7)
+    w = rng.integers(-128, 128, (4, 3, 3, 3), dtype=np.int8)
+    f32 = np.float32
+    attrs = {"auto_pad": "SAME_UPPER", "strides": [2, 2]}
+    ctx = KernelContext(target="cpu", node_name="conv")
+    ctx.extra["constant_inputs"] = frozenset(range(1, 8))
+    for size in (8, 9, 8):
+        x = rng.integers(-128, 128, (1, 3, size, size), dtype=np.int8)
+        ins = [x, f32(0.05), np.int8(0), w, f32(0.02), np.int8(0), f32(0.4), np.int8(0)]
+        with ort_engine.using("numpy"):
+            want = _conv(ins, attrs, constants=True)
+        with ort_engine.using("onnxruntime"):
+            got = lookup("", "QLinearConv")(list(ins), dict(attrs), ctx)[0]
+        assert got.shape == want.shape == (1, 4, -(-size // 2), -(-size // 2))
+        assert np.array_equal(got, want)
+
+
 def _matmul(ins: list) -> np.ndarray:
     ctx = KernelContext(target="cpu", node_name="matmul")
     ctx.extra["constant_inputs"] = frozenset(range(1, len(ins)))

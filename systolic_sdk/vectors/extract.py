@@ -222,17 +222,18 @@ def extract_layers(
     and the graph's outputs."""
     ex = Executor(model, target="systolic")
     layers: list[LayerVectors] = []
-    with ort_engine.using("numpy"):  # golden vectors come from the reference datapath
-        records = list(ex.iter_nodes(feeds))
-    for rec in records:
-        if rec.op_type not in LAYER_OPS:
-            continue
-        ctx = KernelContext(target="systolic", node_name=rec.name or rec.op_type)
-        if rec.op_type in ("QLinearConv", "QLinearConv_nhwc"):
-            layers.append(_conv_layer(rec, ctx, rec.op_type == "QLinearConv_nhwc"))
-        elif rec.op_type == "QLinearMatMul":
-            layers.append(_matmul_layer(rec))
-        else:
-            layers.append(_add_layer(rec))
+    # Golden vectors come from the reference datapath; records are taken one at a time, so
+    # each intermediate tensor is freed after its last use.
+    with ort_engine.using("numpy"):
+        for rec in ex.iter_nodes(feeds):
+            if rec.op_type not in LAYER_OPS:
+                continue
+            ctx = KernelContext(target="systolic", node_name=rec.name or rec.op_type)
+            if rec.op_type in ("QLinearConv", "QLinearConv_nhwc"):
+                layers.append(_conv_layer(rec, ctx, rec.op_type == "QLinearConv_nhwc"))
+            elif rec.op_type == "QLinearMatMul":
+                layers.append(_matmul_layer(rec))
+            else:
+                layers.append(_add_layer(rec))
     outputs = {n: ex.last_env[n] for n in ex.output_names}
     return layers, outputs

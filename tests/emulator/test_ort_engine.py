@@ -22,7 +22,7 @@ from systolic_sdk.cli.emulate_cmd import emulate
 from systolic_sdk.quantization import prepare_model, quantize_model, tensors_to_calibrate
 from systolic_sdk.quantization.config import QuantConfig
 from systolic_sdk.quantization.types import OutputForm
-from tests.emulator.test_differential_ort import SETTINGS, qconv_cases, qmatmul_cases
+from tests.emulator.test_differential_ort import SETTINGS, _assert_same, qconv_cases, qmatmul_cases
 
 pytestmark = pytest.mark.skipif(
     not ort_engine.available(),
@@ -67,9 +67,7 @@ def test_engine_matches_numpy_datapath(case) -> None:
         want = _conv(ins, attrs, constants=True)
     with ort_engine.using("onnxruntime"):
         got = _conv(ins, attrs, constants=True)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    bad = np.flatnonzero(got.ravel() != want.ravel())
-    assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
+    _assert_same(got, want)
 
 
 def test_auto_pad_layer_follows_the_input_size() -> None:
@@ -105,9 +103,7 @@ def test_matmul_engine_matches_numpy_datapath(ins) -> None:
         want = _matmul(ins)
     with ort_engine.using("onnxruntime"):
         got = _matmul(ins)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    bad = np.flatnonzero(got.ravel() != want.ravel())
-    assert bad.size == 0, f"{bad.size} mismatches, first at {bad[:5]}"
+    _assert_same(got, want)
 
 
 def test_matmul_engine_takes_constant_2d_b() -> None:

@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 from runtime_emulator import threads
 from runtime_emulator.array import ArrayConfig, LayerStats, record_stats
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN, TARGETS, KernelContext, lookup
+from runtime_emulator.ort_engine import small_session
 from systolic_sdk.errors import SdkError
 from systolic_sdk.graph.io import load_model
 
@@ -285,18 +286,7 @@ class _FloatNode:
 
 def _make_session(which: str, model: onnx.ModelProto, threads: int) -> Any:
     if which == "onnxruntime":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # Many small sessions live side by side: idle threads must sleep, not spin.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        return ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        return small_session(model, threads, "enable_basic")
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model)

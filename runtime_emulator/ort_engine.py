@@ -225,17 +225,20 @@ def _layer_model(spec: LayerSpec) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
 
 
-def _session(model: Any) -> Any:
+def small_session(model: Any, intra_threads: int, optimization: str = "disable_all") -> Any:
+    """An onnxruntime CPU session for one of many small models run side by side (a layer,
+    a node): ``intra_threads`` threads that sleep rather than spin when idle, graph
+    optimization level ``ORT_<optimization upper-cased>``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads.workers()
+    opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    # One session per layer: idle pool threads must sleep, not spin against the next layer.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # No graph rewrite may change a step (layout changes, fusions).
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, f"ORT_{optimization.upper()}"
+    )
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -249,7 +252,8 @@ class Layer:
 
     def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
-        self._session = _session(_layer_model(spec))
+        # No graph rewrite may change a step (layout changes, fusions): no optimization.
+        self._session = small_session(_layer_model(spec), threads.workers())
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

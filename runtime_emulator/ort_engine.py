@@ -176,20 +176,18 @@ def _layer_model(spec: LayerSpec) -> Any:
 
     u8 = np.uint8
     y_zp = _as_u8_zero_point(spec.y_dtype, spec.y_zero_point)
-    w_zp_dtype = spec.w.dtype
+    w_scale_shape = () if spec.w_scale.size == 1 else -1  # per tensor, or per channel
     inits = [
         numpy_helper.from_array(spec.x_scale.astype(np.float32).reshape(()), "x_scale"),
         numpy_helper.from_array(
             np.array(_as_u8_zero_point(spec.x_dtype, spec.x_zero_point), u8), "x_zp"
         ),  # fmt: skip
         numpy_helper.from_array(np.ascontiguousarray(spec.w), "w"),
-        numpy_helper.from_array(spec.w_scale.astype(np.float32).reshape(-1), "w_scale"),
-        numpy_helper.from_array(np.array(spec.w_zero_point, w_zp_dtype), "w_zp"),
+        numpy_helper.from_array(spec.w_scale.astype(np.float32).reshape(w_scale_shape), "w_scale"),
+        numpy_helper.from_array(np.array(spec.w_zero_point, spec.w.dtype), "w_zp"),
         numpy_helper.from_array(spec.y_scale.astype(np.float32).reshape(()), "y_scale"),
         numpy_helper.from_array(np.array(y_zp, u8), "y_zp"),
     ]
-    if spec.w_scale.size == 1:
-        inits[3] = numpy_helper.from_array(spec.w_scale.astype(np.float32).reshape(()), "w_scale")
     ins = ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"]
     if spec.bias is not None:
         inits.append(numpy_helper.from_array(spec.bias.astype(np.int32).reshape(-1), "b"))
@@ -306,11 +304,18 @@ def node_layer(
     return layer
 
 
-def drop_layer(extra: dict[str, Any]) -> None:
-    """Send the node to the NumPy datapath from now on (onnxruntime refused an input)."""
-    cached = extra.get("compiled_layer")
-    if cached is not None:
-        extra["compiled_layer"] = (cached[0], cached[1], None)
+def run_layer(extra: dict[str, Any], layer: Layer | None, x: np.ndarray) -> np.ndarray | None:
+    """``layer(x)``, or None (the NumPy datapath runs the node) when there is no layer or
+    onnxruntime refuses the input; a refused node stays on the datapath from then on."""
+    if layer is None:
+        return None
+    try:
+        return layer(x)
+    except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
+        cached = extra.get("compiled_layer")
+        if cached is not None:
+            extra["compiled_layer"] = (cached[0], cached[1], None)
+        return None
 
 
 # --- self-check ------------------------------------------------------------------------

@@ -125,11 +125,9 @@ def qlinear_conv_nchw(
         inputs, x, (x_scale, w_scale, y_scale), (x_zp, w_zp, y_zp), y_dtype, relu, geometry,
         layout, ctx,
     )  # fmt: skip
-    if layer is not None:
-        try:
-            return layer(x if nhwc_x is None else nhwc_x)
-        except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
-            ort_engine.drop_layer(ctx.extra)
+    y = ort_engine.run_layer(ctx.extra, layer, x if nhwc_x is None else nhwc_x)
+    if y is not None:
+        return y
     wc, prepared = _weights(w, w_zp, inputs, ctx)
     y = conv_requantize(
         _centered(np.ascontiguousarray(x), x_zp),

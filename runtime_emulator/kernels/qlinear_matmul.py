@@ -181,11 +181,9 @@ def qlinear_matmul(
     y_scale = per_tensor(y_scale, "y_scale", ctx)
     b_scale = _column_param(b_scale, b2, "b_scale", ctx)
     layer = _compiled_layer(inputs, a, (a_scale, b_scale, y_scale), (a_zp, b_zp, y_zp), ctx)
-    if layer is not None:
-        try:
-            return [layer(a)]
-        except Exception:  # noqa: BLE001 - onnxruntime refused the input: use the datapath
-            ort_engine.drop_layer(ctx.extra)
+    y = ort_engine.run_layer(ctx.extra, layer, a)
+    if y is not None:
+        return [y]
     acc = _accumulate(_centered(a2, a_zp), b2, b_zp, inputs, ctx)
     # Float16 scales (opset 21) are widened to float32 exactly, as onnxruntime does.
     mult = dp.requant_multiplier(a_scale, b_scale, y_scale)

@@ -40,6 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime_emulator.datapath import F32, dequantize_linear, quantize_linear
+from systolic_sdk.calibration.session import tensor_types
 from systolic_sdk.errors import SdkError
 from systolic_sdk.transforms._graph import (
     GraphIndex,
@@ -117,7 +118,7 @@ def round_sequentially(
     if max_samples is not None and n > max_samples:
         keep = np.arange(max_samples) * (n - 1) // max(1, max_samples - 1)
         inputs = {k: v[keep] for k, v in inputs.items()}
-    types = _elem_types(out)
+    types = tensor_types(out)
     remaining = _uses(nodes, index.graph_outputs)
 
     fp: dict[str, np.ndarray] = dict(inputs)
@@ -143,8 +144,8 @@ def round_sequentially(
         for values, consts, quantize in ((fp, consts_fp, False), (fq, consts_q, True)):
             outs = _run_node(node, values, consts, types, opsets, batched)
             if quantize and la is not None and bias_correction:
-                bounds = _activation_bounds(index, out, node)
-                if bounds is not None and la.layer.bias is not None:
+                bounds = _activation_bounds(index, node)
+                if bounds is not None:  # _ensure_bias gave every layer a bias
                     delta = _match_activation(fp[node.output[0]], outs[0], *bounds, la.layer.op)
                     _subtract_from_bias(index, la.layer, -delta)
                     outs[0] = outs[0] + _channel_view(delta, outs[0], la.layer.op)
@@ -189,7 +190,7 @@ def _round_one(
     w = original[layer.weight]
     q = _round_layer(la, w, "gptq", "max", DEFAULT_CLIP_GRID, damping, False)
     index.set_init(layer.weight, q)
-    if not bias_correction or layer.bias is None:
+    if not bias_correction:  # else _ensure_bias gave the layer a bias
         return
     conv = layer.op == "Conv"
     shift = _expected_output(layer, _mean(x_q, conv), q)
@@ -197,9 +198,7 @@ def _round_one(
     _subtract_from_bias(index, layer, shift)
 
 
-def _activation_bounds(
-    index: GraphIndex, model: onnx.ModelProto, node: onnx.NodeProto
-) -> tuple[float, float] | None:
+def _activation_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[float, float] | None:
     """(lo, hi) of the Relu or constant-bound Clip that alone reads ``node``'s output."""
     from systolic_sdk.backends.systolic.passes import clip_bounds
 
@@ -209,7 +208,7 @@ def _activation_bounds(
     if user.op_type == "Relu":
         return 0.0, float("inf")
     if user.op_type == "Clip":
-        return clip_bounds(user, model)
+        return clip_bounds(user, index.model)
     return None
 
 
@@ -294,20 +293,6 @@ def _gather(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every typed tensor (graph inputs, outputs and inferred values)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is a convenience here
-        inferred = model
-    g = inferred.graph
-    return {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*g.input, *g.output, *g.value_info]
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-    }
-
-
 def _uses(nodes: Sequence[onnx.NodeProto], keep: set[str]) -> dict[str, int]:
     """How many node inputs read each tensor (graph outputs are not counted)."""
     count: dict[str, int] = {}
@@ -329,9 +314,6 @@ def _run_node(
     """Run one node in onnxruntime on ``values``, ``_CHUNK`` samples at a time when it
     reads ``batched`` tensors (those carry the samples along axis 0)."""
     feeds = {n: values[n] for n in dict.fromkeys(node.input) if n and n not in consts}
-    missing = [n for n in feeds if feeds[n] is None]
-    if missing:
-        raise SdkError(f"round_sequentially: {node_label(node)} reads '{missing[0]}' too late")
     graph = helper.make_graph(
         [node],
         "node",
@@ -340,7 +322,7 @@ def _run_node(
             for n, v in feeds.items()
         ],
         [
-            helper.make_tensor_value_info(o, types.get(o, TensorProto.FLOAT), None)
+            helper.make_tensor_value_info(o, types.get(o) or TensorProto.FLOAT, None)
             for o in node.output
             if o
         ],

@@ -60,8 +60,8 @@ from systolic_sdk.transforms.weight_rounding import (
     DEFAULT_CLIP_GRID,
     _Layer,
     _layers,
-    _patches,
     _round_layer,
+    accumulate_hessian,
 )
 
 #: Samples per onnxruntime call when running one node.
@@ -178,15 +178,12 @@ def _round_one(
     """GPTQ on the quantized inputs, then the bias against fp32 (module docstring)."""
     layer = la.layer
     x_q, x_fp = fq[layer.node.input[0]], fp[layer.node.input[0]]
-    h, count = None, 0
+    la.hessian, la.count = None, 0
     for phase, start in enumerate(range(0, len(x_q), batch_size)):
-        p = _patches(la, x_q[start : start + batch_size], max_positions, phase)
-        part = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
-        h = part if h is None else h + part
-        count += p.shape[1]
-    if h is None or count == 0:
+        accumulate_hessian(la, x_q[start : start + batch_size], max_positions, phase)
+    if la.hessian is None or la.count == 0:
         raise SdkError(f"round_sequentially: {node_label(layer.node)} saw no calibration data")
-    la.hessian = h / count
+    la.hessian = la.hessian / la.count
     w = original[layer.weight]
     q = _round_layer(la, w, "gptq", "max", DEFAULT_CLIP_GRID, damping, False)
     index.set_init(layer.weight, q)

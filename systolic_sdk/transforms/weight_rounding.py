@@ -67,11 +67,6 @@ class _Layer:
     count: int = 0
 
 
-def grid_scale(threshold: float) -> float:
-    """The per-tensor weight scale (float64) whose int8 grid ends at ``threshold``."""
-    return weight_scale(threshold)
-
-
 def snap_to_grid(q: np.ndarray, scale: float) -> np.ndarray:
     """float32 weights ``q * scale`` that the per-tensor quantizer maps back to ``q``."""
     return (np.asarray(q, dtype=np.float64) * scale).astype(F32)
@@ -213,15 +208,20 @@ def _measure(
         for name, value in zip(wanted, values, strict=True):
             value = np.asarray(value, dtype=F32)
             for la in by_input[name]:
-                p = _patches(la, value, max_positions, batch)
-                h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
-                la.hessian = h if la.hessian is None else la.hessian + h
-                la.count += p.shape[1]
+                accumulate_hessian(la, value, max_positions, batch)
         batch += 1
     for la in layers:
         if la.hessian is None or la.count == 0:
             raise SdkError("round_weights: the calibration data is empty")
         la.hessian /= la.count
+
+
+def accumulate_hessian(la: _Layer, x: np.ndarray, max_positions: int, phase: int) -> None:
+    """Add ``x``'s patches to ``la.hessian`` (float64 sum of x x^T) and ``la.count``."""
+    p = _patches(la, x, max_positions, phase)
+    h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
+    la.hessian = h if la.hessian is None else la.hessian + h
+    la.count += p.shape[1]
 
 
 def _output_error(dw: np.ndarray, h: np.ndarray) -> float:
@@ -251,11 +251,11 @@ def _round_layer(
     if clip == "mse":
         best = math.inf
         for c in sorted({float(c) for c in clip_grid}, reverse=True):
-            s = grid_scale(top * c)
+            s = weight_scale(top * c)
             err = _output_error(w64 - _nearest(w64, s) * s, la.hessian)  # type: ignore[arg-type]
             if err < best:
                 best, threshold = err, top * c
-    scale = grid_scale(threshold)
+    scale = weight_scale(threshold)
     if rounding == "nearest":
         q = _nearest(w64, scale)
     else:

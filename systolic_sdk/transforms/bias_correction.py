@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime_emulator.datapath import F32, dequantize_linear, rne, saturate
 from systolic_sdk.backends.systolic.params import weight_scale
 from systolic_sdk.calibration.reader import ArrayReader, CalibrationDataReader, replayable
+from systolic_sdk.calibration.session import required_inputs
 from systolic_sdk.errors import SdkError
 from systolic_sdk.transforms._graph import (
     GraphIndex,
@@ -149,35 +150,37 @@ def _checked_quant(qw: WeightQuantizer, w: np.ndarray, name: str) -> np.ndarray:
 
 
 class _FeedSource:
-    """Re-iterable feed dicts from a reader, a dict of arrays or one array."""
+    """Re-iterable feed dicts from a reader, a dict of arrays or one array; ``reader`` is
+    the re-readable reader behind them. Errors name the caller ``who``."""
 
-    def __init__(self, model: onnx.ModelProto, data: CalibrationData, batch_size: int) -> None:
-        init_names = {t.name for t in model.graph.initializer}
-        inputs = [i.name for i in model.graph.input if i.name not in init_names]
-        self._reader: CalibrationDataReader | None = None
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        data: CalibrationData,
+        batch_size: int,
+        who: str = "correct_bias",
+    ) -> None:
+        inputs = [vi.name for vi in required_inputs(model)]
         if isinstance(data, np.ndarray):
             if len(inputs) != 1:
-                raise SdkError(
-                    f"correct_bias: the model has {len(inputs)} inputs; pass a dict of arrays"
-                )
+                raise SdkError(f"{who}: the model has {len(inputs)} inputs; pass a dict of arrays")
             data = {inputs[0]: data}
         if isinstance(data, Mapping):
             missing = [n for n in inputs if n not in data]
             if missing:
-                raise SdkError(f"correct_bias: no calibration data for input '{missing[0]}'")
-            self._reader = ArrayReader(dict(data), batch_size)
+                raise SdkError(f"{who}: no calibration data for input '{missing[0]}'")
+            self.reader: CalibrationDataReader = ArrayReader(dict(data), batch_size)
         elif isinstance(data, CalibrationDataReader) or hasattr(data, "get_next"):
-            self._reader = replayable(data)
+            self.reader = replayable(data)
         else:
             raise SdkError(
-                "correct_bias: calibration data must be a CalibrationDataReader, "
+                f"{who}: calibration data must be a CalibrationDataReader, "
                 f"a dict of arrays or an array, not {type(data).__name__}"
             )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        reader = self._reader
-        reader.rewind()  # type: ignore[union-attr]
-        return _drain(reader)  # type: ignore[arg-type]
+        self.reader.rewind()  # type: ignore[attr-defined]
+        return _drain(self.reader)
 
 
 def _drain(reader: CalibrationDataReader) -> Iterator[dict[str, np.ndarray]]:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from systolic_sdk.calibration.reader import ArrayReader, replayable
-from systolic_sdk.errors import SdkError
+from systolic_sdk.calibration.reader import replayable
 from systolic_sdk.transforms._graph import GraphIndex, require_float_model
 from systolic_sdk.transforms.bias_correction import (
     CalibrationData,
+    _FeedSource,
     correct_bias,
     fake_quantize_per_tensor,
 )
@@ -81,7 +81,8 @@ def per_tensor_recipe(
         out = equalize(out)
     in_loop = data is not None and weight_rounding and int8_in_loop and weight_clip == "max"
     if in_loop:
-        reader = _reader(out, data)
+        # 8 samples a feed when ``data`` holds arrays
+        reader = _FeedSource(out, data, 8, "per_tensor_recipe").reader
         scales = activation_scales
         if scales is None:
             from systolic_sdk.backends.systolic.scales import activation_scales as systolic
@@ -130,21 +131,6 @@ def _record(model: onnx.ModelProto, steps: list[str]) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props[METADATA_KEY] = ",".join(steps)
     onnx.helper.set_model_props(model, props)
-
-
-def _reader(model: onnx.ModelProto, data: CalibrationData):
-    """``data`` as a reader that can be read several times (arrays: 8 samples a feed)."""
-    if isinstance(data, np.ndarray):
-        inits = {t.name for t in model.graph.initializer}
-        names = [i.name for i in model.graph.input if i.name not in inits]
-        if len(names) != 1:
-            raise SdkError(
-                f"per_tensor_recipe: the model has {len(names)} inputs; pass a dict of arrays"
-            )
-        data = {names[0]: data}
-    if isinstance(data, Mapping):
-        return ArrayReader(dict(data), 8)
-    return replayable(data)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -4,7 +4,7 @@ The fp32 preparation measures layers in the int8 model (``transforms.sequential`
 needs the scales of the activations the deployed graph quantizes: the tensors the
 backend's rules calibrate, their ranges on the calibration data (MinMax, the command
 line's default, unless told otherwise), the backend's range narrowing
-(``passes.narrow_ranges``) and the spec-7 scale (``params``).
+(its range passes) and the spec-7 scale (``params``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import dataclasses
 import onnx
 
 from systolic_sdk.backends.systolic.params import activation_params
-from systolic_sdk.backends.systolic.passes import narrow_ranges
 from systolic_sdk.calibration import calibrate
 from systolic_sdk.calibration.reader import CalibrationDataReader
 from systolic_sdk.quantization.config import QuantConfig
@@ -41,7 +40,10 @@ def activation_scales(
     if hasattr(reader, "rewind"):
         reader.rewind()
     ranges = calibrate(model, reader, names, method, progress=False)
-    ranges = narrow_ranges(model, ranges)
+    from systolic_sdk.backends.systolic import SYSTOLIC_BACKEND  # defined after this module
+
+    for range_pass in SYSTOLIC_BACKEND.range_passes:  # as the quantizer applies them
+        ranges = dict(range_pass(model, dict(ranges)))
     return {
         name: float(activation_params(lo, hi, QuantType.QInt8).scale)
         for name, (lo, hi) in ranges.items()

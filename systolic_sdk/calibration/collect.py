@@ -5,7 +5,8 @@ Samples are streamed: each batch is reduced into the fixed-size statistics of
 number of samples. For the min/max calibrators the model is augmented with per-sample
 ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime (the
 sum detects NaN/Inf, which onnxruntime's ReduceMin/ReduceMax skip; a batch with one is
-looked at again tensor by tensor, to name the sample and tensor). The histogram
+looked at again tensor by tensor, to name the sample and tensor); two batches run at
+once, each on half the cores, and are added in order. The histogram
 calibrators fetch the activations themselves as extra graph outputs and bin them in a
 worker thread, one batch behind, while onnxruntime computes the next batch; onnxruntime's
 idle threads then sleep instead of spinning, so that the binning gets the cores between
@@ -29,7 +30,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -60,6 +62,8 @@ from systolic_sdk.calibration.stats import (
 
 BATCH_BUDGET_BYTES = 8 << 20
 MAX_AUTO_BATCH = 32
+# Min/max batches run this many at once (each on its share of the cores).
+RUNS_IN_FLIGHT = 2
 # Per-sample extremes are gathered over this many samples before they are added (fewer,
 # larger updates; min, max, count and the exact sums do not depend on the grouping).
 PENDING_SAMPLES = 256
@@ -246,10 +250,16 @@ def collect(
         reducible = []
     reduce = [n for n in reducible if n not in derived]
     raw = observed if histogram else [n for n in observed if n not in reduce]
+    # The min/max runs read back only a few numbers per tensor: two batches run side by
+    # side, each on half the cores (onnxruntime's kernels scale less than linearly: 15-25%
+    # faster on two cores; the values are bit for bit those of one run on every core).
+    in_flight = RUNS_IN_FLIGHT if reduce and not histogram and _cores() >= 2 else 1
+    threads = _onnxruntime_threads(model, info, binned) if threaded else None
     session_options = {
         "sleep_idle_threads": histogram,
         "optimize": histogram if optimize_graph is None else bool(optimize_graph),
-        "threads": _onnxruntime_threads(model, info, binned) if threaded else None,
+        "threads": _cores() // in_flight if in_flight > 1 else threads,
+        "concurrent": in_flight > 1,
     }
     sess = open_session(model, raw, providers, reduce, **session_options)
     # A session that fetches every observed tensor, for NaN/Inf follow-ups.
@@ -279,12 +289,12 @@ def collect(
     binner = _Binner(histogram)
     pending: dict[str, tuple[list[float], list[float]]] = {}  # per-sample extremes
     pending_samples = 0
+
+    def run_reduced(feed: dict[str, np.ndarray], n: int, base: int) -> Observed | None:
+        return _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, base)
+
     try:
-        for feed, used in batcher:
-            n = _num_samples(feed)
-            run = None
-            if reduce:
-                run = _observe_reduced(sess, fetch, fetch_reduced, reduce, feed, n, sample_base)
+        for feed, used, n, run in _in_order(batcher, run_reduced if reduce else None, in_flight):
             if run is None:  # plain run, or NaN/Inf seen: look at every tensor itself
                 if full_sess is None:
                     full_sess = open_session(model, names, providers, **session_options)
@@ -348,6 +358,41 @@ def collect(
     if tensor_names is not None and missing:
         raise CalibrationError(f"tensor '{missing[0]}' produced no values during calibration")
     return {n: stats[n] for n in names if n in stats}
+
+
+def _in_order(
+    batches: Iterator[tuple[dict[str, np.ndarray], int]],
+    run: Callable[[dict[str, np.ndarray], int, int], Observed | None] | None,
+    in_flight: int,
+) -> Iterator[tuple[dict[str, np.ndarray], int, int, Observed | None]]:
+    """``(feed, reader feeds used, samples, run(feed, samples, first sample's index))`` per
+    batch, in order; with ``in_flight`` > 1 that many batches run at once in worker
+    threads while the next ones are read (their inputs copied: a reader may refill its
+    buffers meanwhile). ``run`` None yields None for each batch."""
+    base = 0
+    if run is None or in_flight <= 1:
+        for feed, used in batches:
+            n = _num_samples(feed)
+            yield feed, used, n, None if run is None else run(feed, n, base)
+            base += n
+        return
+    queue: deque[tuple[dict[str, np.ndarray], int, int, Future]] = deque()
+    with ThreadPoolExecutor(in_flight, "calib-run") as pool:
+        try:
+            for feed, used in batches:
+                n = _num_samples(feed)
+                feed = {k: np.array(v) for k, v in feed.items()}
+                queue.append((feed, used, n, pool.submit(run, feed, n, base)))
+                base += n
+                if len(queue) >= in_flight:
+                    feed0, used0, n0, done = queue.popleft()
+                    yield feed0, used0, n0, done.result()
+            while queue:
+                feed0, used0, n0, done = queue.popleft()
+                yield feed0, used0, n0, done.result()
+        finally:
+            for *_, pending in queue:
+                pending.cancel()
 
 
 def _flush_minmax(

@@ -283,6 +283,7 @@ def open_session(
     sleep_idle_threads: bool = False,
     optimize: bool = False,
     threads: int | None = None,
+    concurrent: bool = False,
 ):
     """An onnxruntime session of ``model`` with ``names`` as extra outputs, and the
     per-sample min/max/sum of the tensors ``reduce`` (see :func:`reduced_name`).
@@ -296,7 +297,10 @@ def open_session(
     that onnxruntime cannot optimize falls back to the unoptimized session.
     ``sleep_idle_threads``: onnxruntime's idle threads sleep rather than spin (for a
     caller that works in a thread of its own meanwhile). ``threads``: onnxruntime's
-    intra-op threads (None: its default, one per core).
+    intra-op threads (None: its default, one per core). ``concurrent``: the session runs
+    several batches at once, so onnxruntime's memory pattern is off (each concurrent run
+    would pre-allocate a block of its own: 20-40 MB more peak RSS on EfficientNet-Lite0
+    at equal speed).
     """
     import onnxruntime as ort
 
@@ -306,6 +310,8 @@ def open_session(
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = threads
+    if concurrent:
+        so.enable_mem_pattern = False
     if sleep_idle_threads:
         # Idle threads sleep instead of spinning: the caller's own thread (the histogram
         # binning) gets the cores between operators; results are unchanged. Otherwise

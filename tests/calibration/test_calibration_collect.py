@@ -345,3 +345,43 @@ def test_a_model_onnxruntime_cannot_optimize_falls_back_to_the_plain_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     ]
+
+
+def test_minmax_batches_run_side_by_side_give_the_one_at_a_time_statistics(
+    model, samples, opened_sessions, monkeypatch
+):
+    """Min/max batches run two at a time on one thread each (on two cores) and are added in
+    order: every statistic, the order-dependent moving average included, and the sample a
+    NaN is reported in are those of one batch at a time on every core."""
+    import importlib
+    import threading
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    real_observe = collect_mod._observe_reduced
+    threads: set[str] = set()
+
+    def observe(*args):
+        threads.add(threading.current_thread().name)
+        return real_observe(*args)
+
+    monkeypatch.setattr(collect_mod, "_observe_reduced", observe)
+    got: dict[int, list] = {}
+    for cores in (2, 1):
+        monkeypatch.setattr(collect_mod, "_cores", lambda cores=cores: cores)
+        threads.clear()
+        opened_sessions.clear()
+        got[cores] = [
+            collect(model, ArrayReader({"x": samples}, batch_size=3), averaging_constant=c)
+            for c in (None, 0.1)
+        ]
+        expect = (1, True) if cores == 2 else (None, False)
+        assert [(o["threads"], o["concurrent"]) for _, o in opened_sessions] == [expect] * 2
+        assert any(t.startswith("calib-run") for t in threads) == (cores == 2)
+        bad = samples.copy()
+        bad[7, 0, 1, 1] = np.nan
+        with pytest.raises(CalibrationError, match=r"sample 7: tensor 'x' has NaN"):
+            collect(model, ArrayReader({"x": bad}, batch_size=2))
+    for side_by_side, one_at_a_time in zip(got[2], got[1], strict=True):
+        assert list(side_by_side) == list(one_at_a_time)
+        for name, st in side_by_side.items():
+            assert st.minmax == one_at_a_time[name].minmax

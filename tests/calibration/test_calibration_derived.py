@@ -199,11 +199,14 @@ def test_collected_statistics_of_derived_tensors_equal_direct_ones(batch_size):
 
 
 @pytest.mark.parametrize("threaded_min", [0, None])
-def test_reader_refilling_one_buffer(model, samples, threaded_min, monkeypatch):
+@pytest.mark.parametrize("histogram", [True, False])
+def test_reader_refilling_one_buffer(model, samples, threaded_min, histogram, monkeypatch):
     """Histograms are binned one batch behind (in a thread when batches are large: 0 forces
-    it); inputs must not change under them."""
+    it), min/max batches run two at a time while the next is read; inputs must not change
+    under them."""
+    collect_mod = sys.modules["systolic_sdk.calibration.collect"]
+    monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
     if threaded_min is not None:
-        collect_mod = sys.modules["systolic_sdk.calibration.collect"]
         monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", threaded_min)
 
     class Refill:
@@ -217,10 +220,16 @@ def test_reader_refilling_one_buffer(model, samples, threaded_min, monkeypatch):
             self.i += 1
             return {"x": self.buf}
 
-    got = collect(model, Refill(), histogram=True)
-    want = collect(model, ArrayReader({"x": samples}, batch_size=1), histogram=True)
+    got = collect(model, Refill(), histogram=histogram, batch_size=1)
+    want = collect(model, ArrayReader({"x": samples}, batch_size=1), histogram=histogram)
     for name in want:
-        assert _same(got[name].histogram, want[name].histogram)
-    ref = HistogramStats()
-    ref.update(samples)
-    assert _same(got["x"].histogram, ref)
+        if histogram:
+            assert _same(got[name].histogram, want[name].histogram)
+        mm, ref_mm = got[name].minmax, want[name].minmax
+        assert (mm.count, mm.min, mm.max) == (ref_mm.count, ref_mm.min, ref_mm.max)
+    flat = samples.reshape(len(samples), -1)
+    assert got["x"].minmax.mean_max == pytest.approx(flat.max(1).astype(np.float64).mean())
+    if histogram:
+        ref = HistogramStats()
+        ref.update(samples)
+        assert _same(got["x"].histogram, ref)

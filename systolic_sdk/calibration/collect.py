@@ -14,7 +14,9 @@ operators (the min/max sessions keep onnxruntime's default, as its own calibrato
 Histogram runs use onnxruntime's graph optimizations (``optimize_graph``); where a
 sample's activations are large enough for the worker thread, their extremes come from
 in-graph reductions too, and onnxruntime gets one core fewer when the binning outweighs
-the model's arithmetic (:func:`_onnxruntime_threads`).
+the model's arithmetic (:func:`_onnxruntime_threads`). Where onnxruntime keeps every
+core, two batches run at once, each on half the cores, and are added in order
+(:func:`_in_order`).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
 calibrated too are neither reduced nor fetched: their extremes are their source's,
@@ -250,11 +252,13 @@ def collect(
         reducible = []
     reduce = [n for n in reducible if n not in derived]
     raw = observed if histogram else [n for n in observed if n not in reduce]
-    # The min/max runs read back only a few numbers per tensor: two batches run side by
-    # side, each on half the cores (onnxruntime's kernels scale less than linearly: 15-25%
-    # faster on two cores; the values are bit for bit those of one run on every core).
-    in_flight = RUNS_IN_FLIGHT if reduce and not histogram and _cores() >= 2 else 1
+    # When onnxruntime keeps every core (the min/max calibrators, whose runs read back a
+    # few numbers per tensor; histograms when the model's arithmetic outweighs the
+    # binning), two batches run side by side, each on half the cores: onnxruntime's
+    # kernels scale less than linearly (10-25% faster on two cores); the values are bit
+    # for bit those of one run on every core.
     threads = _onnxruntime_threads(model, info, binned) if threaded else None
+    in_flight = RUNS_IN_FLIGHT if reduce and threads is None and _cores() >= 2 else 1
     session_options = {
         "sleep_idle_threads": histogram,
         "optimize": histogram if optimize_graph is None else bool(optimize_graph),
@@ -368,7 +372,8 @@ def _in_order(
     """``(feed, reader feeds used, samples, run(feed, samples, first sample's index))`` per
     batch, in order; with ``in_flight`` > 1 that many batches run at once in worker
     threads while the next ones are read (their inputs copied: a reader may refill its
-    buffers meanwhile). ``run`` None yields None for each batch."""
+    buffers meanwhile), from the second batch on: the caller may size later batches from
+    the first one's activations. ``run`` None yields None for each batch."""
     base = 0
     if run is None or in_flight <= 1:
         for feed, used in batches:
@@ -377,6 +382,7 @@ def _in_order(
             base += n
         return
     queue: deque[tuple[dict[str, np.ndarray], int, int, Future]] = deque()
+    started = False
     with ThreadPoolExecutor(in_flight, "calib-run") as pool:
         try:
             for feed, used in batches:
@@ -384,7 +390,8 @@ def _in_order(
                 feed = {k: np.array(v) for k, v in feed.items()}
                 queue.append((feed, used, n, pool.submit(run, feed, n, base)))
                 base += n
-                if len(queue) >= in_flight:
+                if len(queue) >= (in_flight if started else 1):
+                    started = True
                     feed0, used0, n0, done = queue.popleft()
                     yield feed0, used0, n0, done.result()
             while queue:

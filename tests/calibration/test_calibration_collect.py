@@ -347,16 +347,21 @@ def test_a_model_onnxruntime_cannot_optimize_falls_back_to_the_plain_session(
     ]
 
 
-def test_minmax_batches_run_side_by_side_give_the_one_at_a_time_statistics(
-    model, samples, opened_sessions, monkeypatch
+@pytest.mark.parametrize("histogram", [False, True])
+def test_batches_run_side_by_side_give_the_one_at_a_time_statistics(
+    model, samples, histogram, opened_sessions, monkeypatch
 ):
-    """Min/max batches run two at a time on one thread each (on two cores) and are added in
-    order: every statistic, the order-dependent moving average included, and the sample a
-    NaN is reported in are those of one batch at a time on every core."""
+    """When onnxruntime keeps every core (min/max runs; histogram runs whose arithmetic
+    outweighs the binning), batches run two at a time on one thread each (on two cores)
+    and are added in order: every statistic, the order-dependent moving average included,
+    and the sample a NaN is reported in are those of one batch at a time on every core."""
     import importlib
     import threading
 
     collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    if histogram:  # binned in the worker, onnxruntime on every core
+        monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", 1)
+        monkeypatch.setattr(collect_mod, "MACS_PER_BINNED_VALUE", 0)
     real_observe = collect_mod._observe_reduced
     threads: set[str] = set()
 
@@ -371,7 +376,14 @@ def test_minmax_batches_run_side_by_side_give_the_one_at_a_time_statistics(
         threads.clear()
         opened_sessions.clear()
         got[cores] = [
-            collect(model, ArrayReader({"x": samples}, batch_size=3), averaging_constant=c)
+            collect(
+                model,
+                ArrayReader({"x": samples}, batch_size=3),
+                histogram=histogram,
+                averaging_constant=c,
+                # Unoptimized, so onnxruntime's values do not hang on its thread count.
+                optimize_graph=False,
+            )
             for c in (None, 0.1)
         ]
         expect = (1, True) if cores == 2 else (None, False)
@@ -380,8 +392,10 @@ def test_minmax_batches_run_side_by_side_give_the_one_at_a_time_statistics(
         bad = samples.copy()
         bad[7, 0, 1, 1] = np.nan
         with pytest.raises(CalibrationError, match=r"sample 7: tensor 'x' has NaN"):
-            collect(model, ArrayReader({"x": bad}, batch_size=2))
+            collect(model, ArrayReader({"x": bad}, batch_size=2), histogram=histogram)
     for side_by_side, one_at_a_time in zip(got[2], got[1], strict=True):
         assert list(side_by_side) == list(one_at_a_time)
         for name, st in side_by_side.items():
             assert st.minmax == one_at_a_time[name].minmax
+        if histogram:
+            assert _histograms(side_by_side) == _histograms(one_at_a_time)

@@ -352,12 +352,14 @@ def _load(model: onnx.ModelProto, so, providers: Sequence[str] | None):
 
     providers = list(providers or ["CPUExecutionProvider"])
     try:
-        if model.ByteSize() < INLINE_MODEL_BYTES:
-            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        data = model.SerializeToString()  # once: ByteSize() would take about as long
+        if len(data) < INLINE_MODEL_BYTES:
+            return ort.InferenceSession(data, so, providers=providers)
         with tempfile.TemporaryDirectory(prefix="systolic-calib-") as tmp:
             path = f"{tmp}/augmented.onnx"
             with open(path, "wb") as fh:
-                fh.write(model.SerializeToString())
+                fh.write(data)
+            del data
             return ort.InferenceSession(path, so, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         text = str(exc).strip()

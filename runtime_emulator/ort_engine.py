@@ -137,6 +137,32 @@ class LayerSpec:
     layout: str = "nchw"
     op: str = "QLinearConv"
 
+    @classmethod
+    def from_operands(
+        cls,
+        x_dtype: np.dtype,
+        w: np.ndarray,
+        scales: tuple[np.ndarray, np.ndarray, np.ndarray],
+        zero_points: tuple[np.ndarray, np.ndarray, np.ndarray],
+        y_dtype: np.dtype,
+        **fields: Any,
+    ) -> LayerSpec:
+        """A layer from a kernel's ``(x, w, y)`` scales and one-value zero points (``w``'s
+        scale may be one per channel); ``fields``: the rest (bias, relu, geometry, op)."""
+        (x_scale, w_scale, y_scale), (x_zp, w_zp, y_zp) = scales, zero_points
+        return cls(
+            x_dtype=np.dtype(x_dtype),
+            x_scale=np.asarray(x_scale, np.float32),
+            x_zero_point=int(np.asarray(x_zp).reshape(())),
+            w=w,
+            w_scale=np.asarray(w_scale, np.float32),
+            w_zero_point=int(np.asarray(w_zp).reshape(())),
+            y_scale=np.asarray(y_scale, np.float32),
+            y_dtype=np.dtype(y_dtype),
+            y_zero_point=int(np.asarray(y_zp).reshape(())),
+            **fields,
+        )
+
 
 def _byte_type(dtype: np.dtype) -> bool:
     return np.dtype(dtype) in (np.dtype(np.int8), np.dtype(np.uint8))

@@ -156,27 +156,14 @@ def _compiled_layer(
 ) -> ort_engine.Layer | None:
     """The layer compiled for the onnxruntime engine (:mod:`runtime_emulator.ort_engine`);
     None sends the call to the NumPy datapath."""
-    x_zp, w_zp, y_zp = zero_points
-    if x.size == 0 or w_zp.size != 1:
+    if x.size == 0 or zero_points[1].size != 1:
         return None
-    x_scale, w_scale, y_scale = scales
 
     def spec() -> ort_engine.LayerSpec:
-        return ort_engine.LayerSpec(
-            x_dtype=x.dtype,
-            x_scale=np.asarray(x_scale, np.float32),
-            x_zero_point=int(x_zp.reshape(())),
-            w=inputs[3],
-            w_scale=np.asarray(w_scale, np.float32),
-            w_zero_point=int(w_zp.reshape(())),
-            y_scale=np.asarray(y_scale, np.float32),
-            y_dtype=np.dtype(y_dtype),
-            y_zero_point=int(y_zp.reshape(())),
-            bias=inputs[8] if len(inputs) > 8 else None,
-            relu=relu,
-            layout=layout,
-            **geometry,
-        )
+        return ort_engine.LayerSpec.from_operands(
+            x.dtype, inputs[3], scales, zero_points, y_dtype,
+            bias=inputs[8] if len(inputs) > 8 else None, relu=relu, layout=layout, **geometry,
+        )  # fmt: skip
 
     # The pads are in the key: with auto_pad they follow the input's spatial size.
     key = (x.dtype, layout, tuple(geometry["pads"]))

@@ -124,7 +124,7 @@ def _compiled_layer(
     when ``a`` has at least two axes, ``b`` is 2-D and the scales and zero points are per
     tensor (``b``'s scale may be per column); None sends the call to the NumPy datapath."""
     a_zp, b_zp, y_zp = zero_points
-    a_scale, b_scale, y_scale = scales
+    a_scale, b_scale, _ = scales
     b = inputs[3]
     if a.ndim < 2 or a.size == 0 or b.ndim != 2:
         return None
@@ -134,17 +134,8 @@ def _compiled_layer(
         return None  # float16 scales (opset 21) stay on the datapath
 
     def spec() -> ort_engine.LayerSpec:
-        return ort_engine.LayerSpec(
-            x_dtype=a.dtype,
-            x_scale=np.asarray(a_scale, np.float32),
-            x_zero_point=int(a_zp.reshape(())),
-            w=b,
-            w_scale=np.asarray(b_scale, np.float32),
-            w_zero_point=int(b_zp.reshape(())),
-            y_scale=np.asarray(y_scale, np.float32),
-            y_dtype=y_zp.dtype,
-            y_zero_point=int(y_zp.reshape(())),
-            op="QLinearMatMul",
+        return ort_engine.LayerSpec.from_operands(
+            a.dtype, b, scales, zero_points, y_zp.dtype, op="QLinearMatMul"
         )
 
     return ort_engine.node_layer(ctx.extra, inputs, (a.dtype,), spec)

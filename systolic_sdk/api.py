@@ -360,7 +360,12 @@ def _run(
         backend = get_backend(config.backend)
         if backend.float_prep is not None:
             reader = replayable(reader)
-        transformed = backend.prepare_float(prepared, reader, config)
+
+        def calibrate_as_asked(m: onnx.ModelProto, r, names: list[str]):
+            return _calibrate(m, r, names, method, providers, config.extra_options)
+
+        # The preparation's int8 simulation sees the ranges the quantizer will calibrate.
+        transformed = backend.prepare_float(prepared, reader, config, calibrate_as_asked)
         if transformed is not prepared:  # new nodes: names, shapes
             prepared = prepare_model(transformed, config)
         if reader is not None and backend.float_prep is not None:

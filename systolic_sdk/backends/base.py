@@ -27,8 +27,10 @@ PostPass = Callable[[onnx.ModelProto, QuantConfig], onnx.ModelProto]
 Ranges = dict[str, tuple[float, float]]
 RangePass = Callable[[onnx.ModelProto, Ranges], Ranges]
 Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], list[np.ndarray]]
-#: ``(fp32 model, calibration data reader or None, config) -> fp32 model``
-FloatPrep = Callable[[onnx.ModelProto, Any, QuantConfig], onnx.ModelProto]
+#: ``(model, reader, tensor names) -> ranges``: the calibration the quantizer will run.
+Calibrate = Callable[[onnx.ModelProto, Any, list[str]], Ranges]
+#: ``(fp32 model, calibration data reader or None, config, calibrate or None) -> fp32 model``
+FloatPrep = Callable[[onnx.ModelProto, Any, QuantConfig, Calibrate | None], onnx.ModelProto]
 
 ALL_TYPES = frozenset(QuantType)
 #: QuantConfig switches of the fp32 preparation (None: the backend's default).
@@ -52,10 +54,12 @@ class Backend:
     - ``runner(model, feeds) -> outputs``: executes a model quantized for this backend.
     - ``lowering(model) -> model``: optional standard-ONNX lowering for comparison.
     - ``verifier(model)``: the final check of a quantized model (raise on failure).
-    - ``float_prep(model, reader, config) -> model``: static mode, before calibration: an
-      fp32 transform of the prepared model (e.g. cross-layer equalization, weight
-      rounding, bias correction), told by the config's ``PREP_SWITCHES`` (None: the
-      backend's default); ``reader`` (may be None) is rewound before calibration.
+    - ``float_prep(model, reader, config, calibrate) -> model``: static mode, before
+      calibration: an fp32 transform of the prepared model (e.g. cross-layer
+      equalization, weight rounding, bias correction), told by the config's
+      ``PREP_SWITCHES`` (None: the backend's default); ``reader`` (may be None) is
+      rewound before calibration; ``calibrate`` (may be None) is the calibration the
+      quantizer will run (method and options), for a transform that needs its ranges.
     - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
       ranges (static mode), ``post_passes(model, config)`` on the rewritten model.
     """
@@ -143,7 +147,13 @@ class Backend:
             cfg = self.config_hook(self, cfg)
         return cfg
 
-    def prepare_float(self, model: onnx.ModelProto, reader: Any, config: QuantConfig):
+    def prepare_float(
+        self,
+        model: onnx.ModelProto,
+        reader: Any,
+        config: QuantConfig,
+        calibrate: Calibrate | None = None,
+    ) -> onnx.ModelProto:
         """``float_prep`` of ``model`` (static mode), or ``model`` when there is none."""
         if self.float_prep is None or not config.static:
             asked = [n for n in PREP_SWITCHES if getattr(config, n)]
@@ -151,7 +161,7 @@ class Backend:
                 why = "dynamic mode" if not config.static else f"backend '{self.name}'"
                 warn(f"{' and '.join(asked).replace('_', ' ')}: not available in {why}; ignored")
             return model
-        return self.float_prep(model, reader, config)
+        return self.float_prep(model, reader, config, calibrate)
 
     def run(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Execute ``model`` as this backend would."""

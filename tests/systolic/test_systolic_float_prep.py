@@ -63,6 +63,32 @@ def test_each_step_alone(digits_model, calib, plain, step: str) -> None:
     assert not _same(got, plain)
 
 
+def test_the_int8_simulation_uses_the_quantizers_calibration(digits_model, calib) -> None:
+    """The activation scales simulated while weights are rounded come from the calibration
+    method and options the quantizer will use (here Percentile at 99.9), not MinMax."""
+    from systolic_sdk.backends.systolic.scales import activation_scales
+    from systolic_sdk.calibration import calibrate
+
+    def percentile_scales(model, reader):
+        def percentile(m, r, names):
+            return calibrate(m, r, names, method="percentile", percentile=99.9)
+
+        return activation_scales(model, reader, calibrate=percentile)
+
+    def final(prepared: onnx.ModelProto, **switches) -> onnx.ModelProto:
+        return _quantize(
+            prepared, calib, backend="systolic", calibrate_method=api.CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": 99.9}, **switches,
+        )  # fmt: skip
+
+    got = final(digits_model)
+    reader = ArrayReader({"input": calib}, 16)
+    want = per_tensor_recipe(digits_model, reader, activation_scales=percentile_scales)
+    assert _same(got, final(want, **OFF))
+    minmax_simulated = per_tensor_recipe(digits_model, ArrayReader({"input": calib}, 16))
+    assert not _same(got, final(minmax_simulated, **OFF))
+
+
 def test_a_reader_without_rewind_is_replayed(digits_model, calib) -> None:
     class OneShot(CalibrationDataReader):
         def __init__(self) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from runtime_emulator.kernels import SYSTOLIC_DOMAIN
-from systolic_sdk.backends.base import PREP_SWITCHES, Backend, adapt
+from systolic_sdk.backends.base import PREP_SWITCHES, Backend, Calibrate, adapt
 from systolic_sdk.backends.systolic import params
 from systolic_sdk.backends.systolic.layout import (
     GEMMINI_ORT_DOMAIN,
@@ -169,12 +169,15 @@ def run_systolic(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> lis
     return [outputs[o.name] for o in model.graph.output]
 
 
-def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.ModelProto:
+def prepare_float(
+    model: onnx.ModelProto, reader, config: QuantConfig, calibrate: Calibrate | None = None
+) -> onnx.ModelProto:
     """The fp32 preparation for per-tensor weights (:func:`per_tensor_recipe`: by default
     GPTQ weight rounding and bias correction, measured on ``reader`` in the int8 model
-    with the activation scales this ``config`` will give; cross-layer equalization on
-    request). A step the config switches explicitly is passed on; the data-driven steps
-    are skipped without data (with a warning if one was asked for)."""
+    with the activation scales this ``config`` and ``calibrate`` (the quantizer's
+    calibration; None: MinMax) will give; cross-layer equalization on request). A step
+    the config switches explicitly is passed on; the data-driven steps are skipped
+    without data (with a warning if one was asked for)."""
     from systolic_sdk.transforms.recipe import per_tensor_recipe
 
     switches = {n: getattr(config, n) for n in PREP_SWITCHES if getattr(config, n) is not None}
@@ -186,7 +189,7 @@ def prepare_float(model: onnx.ModelProto, reader, config: QuantConfig) -> onnx.M
     from systolic_sdk.backends.systolic.scales import activation_scales
 
     def scales(prepared: onnx.ModelProto, data) -> dict[str, float]:
-        return activation_scales(prepared, data, config)
+        return activation_scales(prepared, data, config, calibrate=calibrate)
 
     in_loop = bool(config.extra_options.get("SystolicInt8InLoop", True))
     return per_tensor_recipe(

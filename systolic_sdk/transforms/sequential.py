@@ -17,7 +17,8 @@ At each Conv/Gemm/MatMul, before it runs in the int8 copy:
 2. its bias absorbs the mean output shift against fp32, ``E[Q(W) x~] - E[W x]`` (per
    output channel, borders exact as in :mod:`bias_correction`), which also removes the
    mean shift the quantization of all earlier layers and activations propagated;
-3. when a Relu or a constant-bound Clip (ReLU6) alone reads its output, the bias then
+3. when a Relu or a constant-bound Clip (ReLU6) alone reads its output (with its bias:
+   a bias-less MatMul's is the bias Add's that step 2 inserts), the bias then
    moves further, per channel, until the mean *after* that activation matches fp32's:
    ``E[clip(y~ + d)] = E[clip(y)]`` (the shift ``d`` nearest 0, by bisection). Matching
    the mean before the activation leaves a bias after it: the int8 model's outputs are
@@ -106,10 +107,12 @@ def round_sequentially(
         if name not in known:
             raise SdkError(f"round_sequentially: activation_scales names '{name}', not a tensor")
     layers = list(_layers(index))
+    # Each layer's output with its bias: keyed before _ensure_bias, which renames a
+    # MatMul's own output and hands this name to the bias Add it inserts.
+    biased = {la.layer.node.output[0]: la for la in layers}
     if bias_correction:
         for la in layers:
             _ensure_bias(index, la.layer)
-    # Keyed after _ensure_bias: a MatMul's output is renamed when it gains its bias Add.
     rounded = {la.layer.node.output[0]: la for la in layers}
     nodes = list(out.graph.node)  # after _ensure_bias (a MatMul may have gained an Add)
     original = {name: numpy_helper.to_array(t) for name, t in index.inits.items()}
@@ -141,14 +144,16 @@ def round_sequentially(
             layer = linear_layer(index, node)
             if layer is not None and layer.weight in consts_q:  # the quantizer's nearest rounding
                 consts_q[layer.weight] = fake_quantize_per_tensor(consts_q[layer.weight])
+        ends = biased.get(node.output[0]) if node.output and bias_correction else None
         for values, consts, quantize in ((fp, consts_fp, False), (fq, consts_q, True)):
             outs = _run_node(node, values, consts, types, opsets, batched)
-            if quantize and la is not None and bias_correction:
+            if quantize and ends is not None:  # the layer's biased output (a MatMul's Add)
                 bounds = _activation_bounds(index, node)
                 if bounds is not None:  # _ensure_bias gave every layer a bias
-                    delta = _match_activation(fp[node.output[0]], outs[0], *bounds, la.layer.op)
-                    _subtract_from_bias(index, la.layer, -delta)
-                    outs[0] = outs[0] + _channel_view(delta, outs[0], la.layer.op)
+                    op = ends.layer.op
+                    delta = _match_activation(fp[node.output[0]], outs[0], *bounds, op)
+                    _subtract_from_bias(index, ends.layer, -delta)
+                    outs[0] = outs[0] + _channel_view(delta, outs[0], op)
             for name, value in zip([o for o in node.output if o], outs, strict=True):
                 values[name] = (
                     _fake_quant(value, activation_scales.get(name)) if quantize else value

@@ -170,3 +170,42 @@ def test_matmul_without_bias_gains_one_and_is_rounded() -> None:
     adds = [n for n in out.graph.node if n.op_type == "Add"]
     assert len(adds) == 1 and adds[0].output[0] == "y"
     assert run(out, {"x": x}).shape == (16, 3)
+
+
+def test_a_bias_less_matmul_read_by_a_relu_matches_the_mean_after_it(monkeypatch) -> None:
+    """MatMul (no bias) -> Relu -> MatMul: the bias Add inserted for the first MatMul is
+    where its output meets the Relu, so the bias moves until every channel's mean after
+    the Relu is fp32's in the int8 model, as for a Conv or Gemm."""
+    from systolic_sdk.transforms import sequential
+
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((16, 24)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((24, 5)).astype(np.float32) * 0.3
+    model = model_of(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        [init("w1", w1), init("w2", w2)],
+        ["N", 16],
+        ["N", 5],
+    )
+    x = rng.standard_normal((128, 16)).astype(np.float32)  # 128: all samples are used
+    x[0] *= 16  # an outlier: coarse int8 steps for x, whose noise the Relu rectifies
+    scales = activation_scales(model, ArrayReader({"x": x}, 64))
+    h_fp = probe_session(model, ["h"], "test").run(["h"], {"x": x})[0]
+    mean_fp = np.maximum(h_fp.astype(np.float64), 0).mean(axis=0)
+
+    def mean_after_relu(rounded: onnx.ModelProto) -> np.ndarray:
+        sim = copy.deepcopy(rounded)
+        _fake_quantize_activations(sim, scales)
+        h = probe_session(sim, ["h"], "test").run(["h"], {"x": x})[0]
+        return np.maximum(h.astype(np.float64), 0).mean(axis=0)
+
+    matched = mean_after_relu(round_sequentially(model, x, scales))
+    np.testing.assert_allclose(matched, mean_fp, rtol=0, atol=1e-6)
+    # Step 2 alone (the mean before the Relu matched) leaves the means after it apart.
+    monkeypatch.setattr(sequential, "_activation_bounds", lambda index, node: None)
+    before_only = mean_after_relu(round_sequentially(model, x, scales))
+    assert np.abs(before_only - mean_fp).max() > 1e-3

@@ -15,8 +15,9 @@ Histogram runs use onnxruntime's graph optimizations (``optimize_graph``); where
 sample's activations are large enough for the worker thread, their extremes come from
 in-graph reductions too, and onnxruntime gets one core fewer when the binning outweighs
 the model's arithmetic (:func:`_onnxruntime_threads`). Where onnxruntime keeps every
-core, two batches run at once, each on half the cores, and are added in order
-(:func:`_in_order`).
+core and its per-sample reductions are in the graph, two batches run at once on a CPU,
+each on half the cores, and are added in order (:func:`_runs_in_flight`,
+:func:`_in_order`).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
 calibrated too are neither reduced nor fetched: their extremes are their source's,
@@ -33,7 +34,7 @@ import os
 import sys
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -64,8 +65,11 @@ from systolic_sdk.calibration.stats import (
 
 BATCH_BUDGET_BYTES = 8 << 20
 MAX_AUTO_BATCH = 32
-# Min/max batches run this many at once (each on its share of the cores).
+# Batches run this many at once where onnxruntime keeps every core (each run on its share).
 RUNS_IN_FLIGHT = 2
+# ... provided one batch's activations (by inferred shapes) take at most this much: each
+# run holds its own.
+IN_FLIGHT_MAX_BYTES = 256 << 20
 # Per-sample extremes are gathered over this many samples before they are added (fewer,
 # larger updates; min, max, count and the exact sums do not depend on the grouping).
 PENDING_SAMPLES = 256
@@ -252,13 +256,10 @@ def collect(
         reducible = []
     reduce = [n for n in reducible if n not in derived]
     raw = observed if histogram else [n for n in observed if n not in reduce]
-    # When onnxruntime keeps every core (the min/max calibrators, whose runs read back a
-    # few numbers per tensor; histograms when the model's arithmetic outweighs the
-    # binning), two batches run side by side, each on half the cores: onnxruntime's
-    # kernels scale less than linearly (10-25% faster on two cores); the values are bit
-    # for bit those of one run on every core.
     threads = _onnxruntime_threads(model, info, binned) if threaded else None
-    in_flight = RUNS_IN_FLIGHT if reduce and threads is None and _cores() >= 2 else 1
+    in_flight = 1
+    if reduce and threads is None:
+        in_flight = _runs_in_flight(info, everything, providers, batch_size)
     session_options = {
         "sleep_idle_threads": histogram,
         "optimize": histogram if optimize_graph is None else bool(optimize_graph),
@@ -365,7 +366,7 @@ def collect(
 
 
 def _in_order(
-    batches: Iterator[tuple[dict[str, np.ndarray], int]],
+    batches: Iterable[tuple[dict[str, np.ndarray], int]],
     run: Callable[[dict[str, np.ndarray], int, int], Observed | None] | None,
     in_flight: int,
 ) -> Iterator[tuple[dict[str, np.ndarray], int, int, Observed | None]]:
@@ -511,6 +512,34 @@ def _onnxruntime_threads(
     if _cores() < 2 or _macs_per_sample(model, info) >= MACS_PER_BINNED_VALUE * binned:
         return None
     return _cores() - 1
+
+
+def _runs_in_flight(
+    info: dict[str, tuple[int, tuple | None]],
+    names: list[str],
+    providers: Sequence | None,
+    batch_size: int | None,
+) -> int:
+    """How many batches run at once when onnxruntime keeps every core.
+
+    Two on a CPU with two cores or more, each on half of them: onnxruntime's kernels
+    scale less than linearly (im2col, reductions and small layers run on one thread), so
+    two runs side by side are 10-25% faster on two cores than one on both, with values
+    bit for bit those of one run. One for other execution providers (a device runs one
+    batch at a time) and when a batch's activations would take more than
+    ``IN_FLIGHT_MAX_BYTES`` (or their size is unknown).
+    """
+    if _cores() < 2 or any(_provider_name(p) != "CPUExecutionProvider" for p in providers or ()):
+        return 1
+    size = _sample_size(info, names)
+    if size is None or size[1] * (batch_size or 1) > IN_FLIGHT_MAX_BYTES:
+        return 1
+    return RUNS_IN_FLIGHT
+
+
+def _provider_name(provider: object) -> str:
+    """An execution provider's name (given alone or as ``(name, options)``)."""
+    return str(provider[0] if isinstance(provider, tuple | list) else provider)
 
 
 def _known_dims(info: dict[str, tuple[int, tuple | None]], name: str) -> tuple | None:

@@ -320,6 +320,30 @@ def test_multiply_adds_and_onnxruntime_threads(model, monkeypatch):
     assert collect_mod._onnxruntime_threads(model, info, 1) is None
 
 
+def test_two_batches_at_once_only_on_the_cpu_and_within_the_memory_budget(model, monkeypatch):
+    import importlib
+
+    from systolic_sdk.calibration.session import tensor_info
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    info = tensor_info(model)
+    names = calibratable_tensors(model)
+    monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
+    runs = collect_mod._runs_in_flight
+    assert runs(info, names, None, None) == 2
+    assert runs(info, names, ["CPUExecutionProvider"], 4) == 2
+    assert runs(info, names, [("CPUExecutionProvider", {"arena_extend_strategy": "x"})], 1) == 2
+    assert runs(info, names, ["CUDAExecutionProvider", "CPUExecutionProvider"], None) == 1
+    per_sample = collect_mod._sample_size(info, names)[1]
+    most = collect_mod.IN_FLIGHT_MAX_BYTES // per_sample
+    assert runs(info, names, None, most) == 2
+    assert runs(info, names, None, most + 1) == 1  # each run holds its own activations
+    unknown = {**info, "relu": (info["relu"][0], None)}
+    assert runs(unknown, names, None, None) == 1
+    monkeypatch.setattr(collect_mod, "_cores", lambda: 1)
+    assert runs(info, names, None, None) == 1
+
+
 def test_a_model_onnxruntime_cannot_optimize_falls_back_to_the_plain_session(
     model, samples, monkeypatch
 ):

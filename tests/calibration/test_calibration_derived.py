@@ -202,12 +202,17 @@ def test_collected_statistics_of_derived_tensors_equal_direct_ones(batch_size):
 @pytest.mark.parametrize("histogram", [True, False])
 def test_reader_refilling_one_buffer(model, samples, threaded_min, histogram, monkeypatch):
     """Histograms are binned one batch behind (in a thread when batches are large: 0 forces
-    it), min/max batches run two at a time while the next is read; inputs must not change
-    under them."""
+    it), and batches run two at a time while the next is read where onnxruntime keeps
+    both cores (min/max; histograms binned in the thread, here told that the arithmetic
+    dominates); inputs must not change under them."""
     collect_mod = sys.modules["systolic_sdk.calibration.collect"]
     monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
     if threaded_min is not None:
         monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", threaded_min)
+        monkeypatch.setattr(collect_mod, "MACS_PER_BINNED_VALUE", 0)
+    runs = []
+    real_in_order = collect_mod._in_order
+    monkeypatch.setattr(collect_mod, "_in_order", lambda *a: runs.append(a[2]) or real_in_order(*a))
 
     class Refill:
         def __init__(self) -> None:
@@ -220,16 +225,20 @@ def test_reader_refilling_one_buffer(model, samples, threaded_min, histogram, mo
             self.i += 1
             return {"x": self.buf}
 
-    got = collect(model, Refill(), histogram=histogram, batch_size=1)
     want = collect(model, ArrayReader({"x": samples}, batch_size=1), histogram=histogram)
-    for name in want:
-        if histogram:
-            assert _same(got[name].histogram, want[name].histogram)
-        mm, ref_mm = got[name].minmax, want[name].minmax
-        assert (mm.count, mm.min, mm.max) == (ref_mm.count, ref_mm.min, ref_mm.max)
     flat = samples.reshape(len(samples), -1)
-    assert got["x"].minmax.mean_max == pytest.approx(flat.max(1).astype(np.float64).mean())
-    if histogram:
-        ref = HistogramStats()
-        ref.update(samples)
-        assert _same(got["x"].histogram, ref)
+    ref = HistogramStats()
+    ref.update(samples)
+    # One sample a batch, and for histograms also batches sized after the first one.
+    for batch_size in (1, None) if histogram else (1,):
+        runs.clear()
+        got = collect(model, Refill(), histogram=histogram, batch_size=batch_size)
+        assert (runs[0] > 1) == (not histogram or threaded_min is not None)
+        for name in want:
+            if histogram:
+                assert _same(got[name].histogram, want[name].histogram)
+            mm, ref_mm = got[name].minmax, want[name].minmax
+            assert (mm.count, mm.min, mm.max) == (ref_mm.count, ref_mm.min, ref_mm.max)
+        assert got["x"].minmax.mean_max == pytest.approx(flat.max(1).astype(np.float64).mean())
+        if histogram:
+            assert _same(got["x"].histogram, ref)

@@ -362,9 +362,11 @@ def _run(
             reader = replayable(reader)
 
         def calibrate_as_asked(m: onnx.ModelProto, r, names: list[str]):
-            return _calibrate(m, r, names, method, providers, config.extra_options)
+            extra = config.extra_options  # no progress bar: one is the final calibration's
+            return _calibrate(m, r, names, method, providers, extra, progress=False)
 
-        # The preparation's int8 simulation sees the ranges the quantizer will calibrate.
+        # The preparation's int8 simulation calibrates with the method and options the
+        # quantizer will use (a calibration cache, if any, serves only the final ranges).
         transformed = backend.prepare_float(prepared, reader, config, calibrate_as_asked)
         if transformed is not prepared:  # new nodes: names, shapes
             prepared = prepare_model(transformed, config)
@@ -453,10 +455,11 @@ def _calibrate(
     method: str,
     providers: Sequence[str] | None,
     extra: Mapping[str, Any],
+    progress: bool | None = None,
 ) -> dict[str, tuple[float, float]]:
     from systolic_sdk.calibration import calibrate
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {} if progress is None else {"progress": progress}
     for key, (option, convert) in _CALIB_OPTIONS.items():
         if key in extra and extra[key] is not None:
             options[option] = convert(extra[key])

@@ -59,7 +59,8 @@ class Backend:
       equalization, weight rounding, bias correction), told by the config's
       ``PREP_SWITCHES`` (None: the backend's default); ``reader`` (may be None) is
       rewound before calibration; ``calibrate`` (may be None) is the calibration the
-      quantizer will run (method and options), for a transform that needs its ranges.
+      quantizer will run (method and options), for a transform that needs its ranges
+      (a hook that takes three arguments is called without it).
     - ``pre_passes`` run on the prepared float model, ``range_passes`` on the calibrated
       ranges (static mode), ``post_passes(model, config)`` on the rewritten model.
     """
@@ -161,6 +162,8 @@ class Backend:
                 why = "dynamic mode" if not config.static else f"backend '{self.name}'"
                 warn(f"{' and '.join(asked).replace('_', ' ')}: not available in {why}; ignored")
             return model
+        if _positional_arity(self.float_prep) < 4:  # a hook written for three arguments
+            return self.float_prep(model, reader, config)
         return self.float_prep(model, reader, config, calibrate)
 
     def run(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -212,3 +215,17 @@ def _first(types: frozenset) -> QuantType:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _positional_arity(func: Callable) -> int:
+    """How many positional arguments ``func`` accepts (a large number for ``*args``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the current protocol
+        return 1 << 16
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 1 << 16
+    return sum(p.kind in kinds for p in params)

@@ -230,3 +230,34 @@ def test_refused_when_conversion_fails(monkeypatch):
         prepare_model(conv_pool_gemm(9), QuantConfig())
     with pytest.raises(SdkError, match="model has opset 11.*per-channel QDQ needs opset 13"):
         prepare_model(conv_pool_gemm(11), QuantConfig(form=QDQ, per_channel=True))
+
+
+def test_float_prep_hooks_of_three_and_four_arguments():
+    """``float_prep`` receives the quantizer's calibration as a fourth argument when it
+    takes one; a hook written for three arguments is still called with three."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [("x", [2, 5])],
+        ["y"],
+        {"w": np.full((5, 3), 0.25, np.float32)},
+    )
+    cfg = QuantConfig(backend="prep", form=QDQ)
+    seen: list = []
+
+    def calibrate(m, r, names):
+        return {}
+
+    three = Backend(name="prep", rules={}, float_prep=lambda m, r, c: seen.append(3) or m)
+    assert three.prepare_float(model, None, cfg, calibrate) is model
+
+    def four(m, r, c, calib):
+        seen.append(calib)
+        return m
+
+    assert (
+        Backend(name="prep", rules={}, float_prep=four).prepare_float(model, None, cfg, calibrate)
+        is model
+    )
+    variadic = Backend(name="prep", rules={}, float_prep=lambda *a: seen.append(len(a)) or a[0])
+    variadic.prepare_float(model, None, cfg, calibrate)
+    assert seen == [3, calibrate, 4]

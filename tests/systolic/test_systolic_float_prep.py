@@ -179,3 +179,21 @@ def test_int8_in_loop_extra_option(digits_model, calib) -> None:
         _quantize(
             digits_model, calib, backend="systolic", extra_options={"SystolicInt8InLoop": "no"}
         )
+
+
+def test_only_the_final_calibration_shows_a_progress_bar(digits_model, calib, monkeypatch) -> None:
+    """The int8 simulation calibrates too (with the final method); it shows no bar of its
+    own, so that a terminal sees one "calibrating" bar, the final calibration's."""
+    import importlib
+
+    collect_mod = importlib.import_module("systolic_sdk.calibration.collect")
+    real = collect_mod._Progress
+    asked: list = []
+
+    def progress(reader, enabled):
+        asked.append(enabled)
+        return real(reader, False)
+
+    monkeypatch.setattr(collect_mod, "_Progress", progress)
+    _quantize(digits_model, calib, backend="systolic")
+    assert asked == [False, None]  # None: a bar when stderr is a terminal

@@ -5,8 +5,7 @@ Samples are streamed: each batch is reduced into the fixed-size statistics of
 number of samples. For the min/max calibrators the model is augmented with per-sample
 ReduceMin/ReduceMax/ReduceSum nodes, so the activations never leave onnxruntime (the
 sum detects NaN/Inf, which onnxruntime's ReduceMin/ReduceMax skip; a batch with one is
-looked at again tensor by tensor, to name the sample and tensor); two batches run at
-once, each on half the cores, and are added in order. The histogram
+looked at again tensor by tensor, to name the sample and tensor). The histogram
 calibrators fetch the activations themselves as extra graph outputs and bin them in a
 worker thread, one batch behind, while onnxruntime computes the next batch; onnxruntime's
 idle threads then sleep instead of spinning, so that the binning gets the cores between

@@ -15,7 +15,7 @@ sample's activations are large enough for the worker thread, their extremes come
 in-graph reductions too, and onnxruntime gets one core fewer when the binning outweighs
 the model's arithmetic (:func:`_onnxruntime_threads`). Where onnxruntime keeps every
 core and its per-sample reductions are in the graph, two batches run at once on a CPU,
-each on half the cores, and are added in order (:func:`_runs_in_flight`,
+sharing its cores, and are added in order (:func:`_runs_in_flight`,
 :func:`_in_order`).
 
 Outputs of Relu, Clip (constant bounds), Identity and Flatten(axis=1) whose input is
@@ -262,7 +262,7 @@ def collect(
     session_options = {
         "sleep_idle_threads": histogram,
         "optimize": histogram if optimize_graph is None else bool(optimize_graph),
-        "threads": _cores() // in_flight if in_flight > 1 else threads,
+        "threads": _in_flight_threads(in_flight) if in_flight > 1 else threads,
         "concurrent": in_flight > 1,
     }
     sess = open_session(model, raw, providers, reduce, **session_options)
@@ -489,6 +489,27 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux), else :func:`_cores`:
+    onnxruntime's default intra-op thread count."""
+    try:
+        cores = set()
+        for cpu in os.sched_getaffinity(0):
+            topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+            with open(topology + "physical_package_id") as pkg, open(topology + "core_id") as core:
+                cores.add((pkg.read().strip(), core.read().strip()))
+    except (AttributeError, OSError):
+        return _cores()
+    return min(len(cores), _cores()) or _cores()
+
+
+def _in_flight_threads(in_flight: int) -> int:
+    """Intra-op threads of a session that runs ``in_flight`` batches at once: its pool is
+    shared by the runs, each of which also computes on its calling thread, so that the
+    total is onnxruntime's default (one thread per physical core)."""
+    return max(1, _physical_cores() - in_flight + 1)
+
+
 # Below this many multiply-adds of the model per value binned, binning takes longer than
 # onnxruntime's single-threaded inference (about 2 ns per value binned against 20-40 ps
 # per multiply-add, measured on ResNet-18 and EfficientNet-Lite0; see bench/README.md).
@@ -521,14 +542,16 @@ def _runs_in_flight(
 ) -> int:
     """How many batches run at once when onnxruntime keeps every core.
 
-    Two on a CPU with two cores or more, each on half of them: onnxruntime's kernels
-    scale less than linearly (im2col, reductions and small layers run on one thread), so
-    two runs side by side are 10-25% faster on two cores than one on both, with values
-    bit for bit those of one run. One for other execution providers (a device runs one
-    batch at a time) and when a batch's activations would take more than
-    ``IN_FLIGHT_MAX_BYTES`` (or their size is unknown).
+    Two on a CPU with two physical cores or more (threads: :func:`_in_flight_threads`):
+    onnxruntime's kernels scale less than linearly (im2col, reductions and small layers
+    run on one thread), so two runs side by side are 10-25% faster on two cores than one
+    on both, with values bit for bit those of one run. One for other execution
+    providers (a device runs one batch at a time) and when a batch's activations would
+    take more than ``IN_FLIGHT_MAX_BYTES`` (or their size is unknown).
     """
-    if _cores() < 2 or any(_provider_name(p) != "CPUExecutionProvider" for p in providers or ()):
+    if _physical_cores() < 2 or any(
+        _provider_name(p) != "CPUExecutionProvider" for p in providers or ()
+    ):
         return 1
     size = _sample_size(info, names)
     if size is None or size[1] * (batch_size or 1) > IN_FLIGHT_MAX_BYTES:

@@ -329,6 +329,7 @@ def test_two_batches_at_once_only_on_the_cpu_and_within_the_memory_budget(model,
     info = tensor_info(model)
     names = calibratable_tensors(model)
     monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
+    monkeypatch.setattr(collect_mod, "_physical_cores", lambda: 2)
     runs = collect_mod._runs_in_flight
     assert runs(info, names, None, None) == 2
     assert runs(info, names, ["CPUExecutionProvider"], 4) == 2
@@ -340,8 +341,15 @@ def test_two_batches_at_once_only_on_the_cpu_and_within_the_memory_budget(model,
     assert runs(info, names, None, most + 1) == 1  # each run holds its own activations
     unknown = {**info, "relu": (info["relu"][0], None)}
     assert runs(unknown, names, None, None) == 1
-    monkeypatch.setattr(collect_mod, "_cores", lambda: 1)
+    monkeypatch.setattr(collect_mod, "_physical_cores", lambda: 1)  # 2 logical, 1 core
     assert runs(info, names, None, None) == 1
+    # The session's pool is shared by the two runs, each also on its calling thread:
+    # onnxruntime's default total, one thread per physical core.
+    for physical, threads in ((2, 1), (3, 2), (8, 7)):
+        monkeypatch.setattr(collect_mod, "_physical_cores", lambda p=physical: p)
+        assert collect_mod._in_flight_threads(2) == threads
+    monkeypatch.undo()
+    assert 1 <= collect_mod._physical_cores() <= collect_mod._cores()
 
 
 def test_a_model_onnxruntime_cannot_optimize_falls_back_to_the_plain_session(
@@ -397,6 +405,7 @@ def test_batches_run_side_by_side_give_the_one_at_a_time_statistics(
     got: dict[int, list] = {}
     for cores in (2, 1):
         monkeypatch.setattr(collect_mod, "_cores", lambda cores=cores: cores)
+        monkeypatch.setattr(collect_mod, "_physical_cores", lambda cores=cores: cores)
         threads.clear()
         opened_sessions.clear()
         got[cores] = [

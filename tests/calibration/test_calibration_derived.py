@@ -207,6 +207,7 @@ def test_reader_refilling_one_buffer(model, samples, threaded_min, histogram, mo
     dominates); inputs must not change under them."""
     collect_mod = sys.modules["systolic_sdk.calibration.collect"]
     monkeypatch.setattr(collect_mod, "_cores", lambda: 2)
+    monkeypatch.setattr(collect_mod, "_physical_cores", lambda: 2)
     if threaded_min is not None:
         monkeypatch.setattr(collect_mod, "THREADED_MIN_VALUES", threaded_min)
         monkeypatch.setattr(collect_mod, "MACS_PER_BINNED_VALUE", 0)

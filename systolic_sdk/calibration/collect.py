@@ -29,6 +29,7 @@ samples are grouped into batches sized so one batch's activations take about
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -489,9 +490,10 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+@functools.cache
 def _physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (Linux), else :func:`_cores`:
-    onnxruntime's default intra-op thread count."""
+    onnxruntime's default intra-op thread count (read once: one sysfs file pair per CPU)."""
     try:
         cores = set()
         for cpu in os.sched_getaffinity(0):
